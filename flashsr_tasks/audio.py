@@ -1,0 +1,112 @@
+"""Reading sources and writing outputs: subtype rule, full-scale peaks, atomic files."""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from flashsr_tasks.atomic import atomic_path
+
+# Sample formats an output keeps from its source; anything else (μ-law, A-law, 8-bit, ADPCM…)
+# becomes PCM_16, which holds all of their resolution.
+KEPT_SUBTYPES = frozenset({"PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"})
+FALLBACK_SUBTYPE = "PCM_16"
+# A classic RIFF/WAV header cannot describe more than 4 GiB; RF64 can.
+_RIFF_LIMIT = 0xFFFFFFFF - 1024
+_BYTES_PER_SAMPLE = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
+
+
+class AudioError(Exception):
+    """A source cannot be used; the message is one sentence about the file, without its path."""
+
+
+@dataclass
+class Source:
+    audio: np.ndarray  # float32 [frames, channels]
+    rate: int
+    subtype: str
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_source(path: Path) -> Source:
+    """Decode a source into float32 `[frames, channels]`, refusing what cannot be enhanced."""
+    _check_not_truncated(path)
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            subtype = handle.subtype
+            rate = handle.samplerate
+            audio = handle.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        raise AudioError(f"cannot be read as audio ({_sentence(exc.error_string)})") from None
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"cannot be read as audio ({_sentence(str(exc).rsplit(': ', 1)[-1])})") from None
+    if audio.shape[0] == 0:
+        raise AudioError("holds no audio samples")
+    if not np.isfinite(audio).all():
+        raise AudioError("contains non-finite samples (NaN or infinity)")
+    return Source(audio=audio, rate=rate, subtype=subtype)
+
+
+def output_subtype(source_subtype: str) -> str:
+    return source_subtype if source_subtype in KEPT_SUBTYPES else FALLBACK_SUBTYPE
+
+
+def fit_full_scale(audio: np.ndarray) -> float:
+    """Scale `audio` in place so its peak stays inside full scale; returns the gain applied (1.0 = none).
+
+    Resampling and the model can overshoot a source that peaks near 0 dBFS; one gain for the
+    whole file keeps the waveform intact where clipping (or integer wrap-around) would not.
+    """
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak <= 1.0:
+        return 1.0
+    gain = 1.0 / peak
+    audio *= np.float32(gain)
+    # float32 rounding can leave a sample a hair above 1.0
+    np.clip(audio, -1.0, 1.0, out=audio)
+    return gain
+
+
+def write_output(path: Path, audio: np.ndarray, rate: int, subtype: str) -> None:
+    """Write a WAV that appears whole or not at all."""
+    size = audio.size * _BYTES_PER_SAMPLE.get(subtype, 4)
+    container = "RF64" if size > _RIFF_LIMIT else "WAV"
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), audio, rate, subtype=subtype, format=container)
+
+
+def _sentence(text: str) -> str:
+    return text.strip().rstrip(".").replace("\n", " ") or "unknown format"
+
+
+def _check_not_truncated(path: Path) -> None:
+    """libsndfile silently reads what is there when a WAV's data chunk is cut short; a cut
+    recording should fail loudly instead of being enhanced as if it were whole."""
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return  # not a classic WAV: libsndfile judges it
+        endian = "<" if header[:4] == b"RIFF" else ">"
+        file_size = path.stat().st_size
+        offset = 12
+        while offset + 8 <= file_size:
+            handle.seek(offset)
+            chunk_id, chunk_size = struct.unpack(endian + "4sI", handle.read(8))
+            if chunk_id == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):
+                    return  # a streaming writer's placeholder: size unknown
+                present = file_size - offset - 8
+                if chunk_size > present:
+                    raise AudioError(
+                        f"is truncated: its header announces {chunk_size} bytes of audio but only {present} are present"
+                    )
+                return
+            offset += 8 + chunk_size + (chunk_size & 1)

@@ -1,0 +1,56 @@
+"""The Celery app: `celery -A flashsr_tasks worker -Q gpu` (or `-Q cpu`).
+
+Configuration comes from the environment (see config.py). Orchestrators build their own
+client app with `make_app(broker)`; it sends tasks by name and never imports the task code.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from celery import Celery
+
+from flashsr_tasks import config
+
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+ENHANCE_TASK = {GPU_QUEUE: "flashsr.enhance_gpu", CPU_QUEUE: "flashsr.enhance_cpu"}
+MERGE_TASK = "flashsr.merge_into_manifest"
+# Results must outlive the longest wait of a chord for its slowest member.
+RESULT_EXPIRES_S = 7 * 24 * 3600
+
+
+def make_app(broker: Optional[str] = None, backend: Optional[str] = None, include_tasks: bool = False) -> Celery:
+    broker = broker or config.broker_url() or config.DEFAULT_BROKER_FOR_WORKERS
+    app = Celery("flashsr_tasks", include=["flashsr_tasks.tasks"] if include_tasks else [])
+    time_limit = config.task_time_limit_s()
+    app.conf.update(
+        broker_url=broker,
+        result_backend=backend or config.result_backend(broker),
+        # JSON only: a pickle payload from the queue would be code execution on the worker.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Nothing lost: ack after the work, redeliver a task whose process died, and let
+        # Redis hand unacknowledged tasks of a dead worker to another one.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": config.visibility_timeout_s()},
+        result_backend_transport_options={"visibility_timeout": config.visibility_timeout_s()},
+        task_time_limit=time_limit,
+        task_soft_time_limit=time_limit - 60 if time_limit > 120 else None,
+        result_expires=RESULT_EXPIRES_S,
+        result_extended=False,
+        task_track_started=True,
+        task_default_queue=CPU_QUEUE,
+        task_routes={ENHANCE_TASK[GPU_QUEUE]: {"queue": GPU_QUEUE}, ENHANCE_TASK[CPU_QUEUE]: {"queue": CPU_QUEUE}},
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+app = make_app(include_tasks=True)

@@ -1,0 +1,127 @@
+"""The per-file work: read → decide → enhance → write → record.
+
+The in-process runner and the Celery tasks both call `process_file`; neither has its own
+copy. It never raises for a bad file: it returns a failed record with one clear sentence.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from flashsr_tasks.audio import AudioError, fit_full_scale, output_subtype, read_source, sha256_of, write_output
+from flashsr_tasks.enhancers import Enhancer
+from flashsr_tasks.manifest import RECORD_TYPE
+from flashsr_tasks.paths import PathRefused, output_path_for, relative_posix, resolve_source
+from flashsr_tasks.resample import OUTPUT_RATE
+from flashsr_tasks.selection import selection_reason
+
+log = logging.getLogger(__name__)
+
+# What became of one source; only ENHANCED and FAILED produce a record for the manifest.
+ENHANCED, SKIPPED, UNSELECTED, FAILED = "enhanced", "skipped", "unselected", "failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run over a processed root; JSON-able so it can travel in a task message."""
+
+    root: str
+    device: str = "cuda"
+    model_dir: Optional[str] = None
+    force: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Job":
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def process_file(
+    root: Path,
+    source: str,
+    job: Job,
+    enhancer: Enhancer,
+    known_sha256: Optional[str] = None,
+) -> dict[str, Any]:
+    """Enhance one source under an already checked `root`; returns `{"source", "outcome", "record"}`.
+
+    `known_sha256` is the input hash of the source's current ok record: with the output
+    present and the same hash, the file is skipped unless the job says overwrite.
+    """
+    started = time.perf_counter()
+    record: dict[str, Any] = {"type": RECORD_TYPE, "source": source}
+    try:
+        source_path = resolve_source(root, source)
+        output_path = output_path_for(source_path)
+        record["output_name"] = output_path.name
+        record["output_path"] = relative_posix(root, output_path)
+        if source_path.is_dir():
+            raise AudioError("is a folder, not an audio file")
+        if not source_path.exists():
+            raise AudioError("does not exist (a missing file or a broken link)")
+        input_sha256 = sha256_of(source_path)
+        if not job.overwrite and known_sha256 == input_sha256 and output_path.is_file():
+            return {"source": source, "outcome": SKIPPED, "record": None}
+        src = read_source(source_path)
+        reason = selection_reason(src.audio, src.rate, force=job.force)
+        if reason is None:
+            return {"source": source, "outcome": UNSELECTED, "record": None}
+        out = enhancer.enhance(src.audio, src.rate)
+        del src.audio  # the largest temporary; free it before writing
+        if not math.isfinite(float(out.sum(dtype="float64"))):
+            raise AudioError(f"gave non-finite samples after {enhancer.method}")
+        gain = fit_full_scale(out)
+        write_output(output_path, out, OUTPUT_RATE, output_subtype(src.subtype))
+        record.update(
+            status="ok",
+            method=enhancer.method,
+            reason=reason,
+            input_sample_rate=src.rate,
+            output_sample_rate=OUTPUT_RATE,
+            channels=int(out.shape[1]),
+            duration_s=round(out.shape[0] / OUTPUT_RATE, 6),
+            input_subtype=src.subtype,
+            output_subtype=output_subtype(src.subtype),
+            gain_db=round(20 * math.log10(gain), 3),
+            input_sha256=input_sha256,
+            output_sha256=sha256_of(output_path),
+            model=enhancer.model,
+            device=enhancer.device,
+        )
+        outcome = ENHANCED
+    except (AudioError, PathRefused) as exc:
+        record.update(status="failed", error=f"{source} {exc}.")
+        outcome = FAILED
+    except Exception as exc:  # a bug or an environment problem: still one record, never a dead batch
+        log.debug("unexpected failure on %s", source, exc_info=True)
+        record.update(status="failed", error=f"{source} failed unexpectedly ({type(exc).__name__}: {_anonymous(exc, root)}).")
+        outcome = FAILED
+    record.setdefault("method", enhancer.method)
+    record["elapsed_s"] = round(time.perf_counter() - started, 4)
+    record["created_at"] = _now()
+    return {"source": source, "outcome": outcome, "record": record}
+
+
+def refused_outcome(source: str, reason: str) -> dict[str, Any]:
+    """A failed outcome for a source that was never touched (its job's root was refused)."""
+    record = {"type": RECORD_TYPE, "source": source, "status": "failed", "error": f"{source} refused: {reason}."}
+    record["created_at"] = _now()
+    return {"source": source, "outcome": FAILED, "record": record}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _anonymous(exc: Exception, root: Path) -> str:
+    """The exception's text with the root's absolute path taken out (records stay anonymous)."""
+    text = str(exc).replace(str(root) + "/", "").replace(str(root), ".")
+    return text.splitlines()[0] if text else "no detail"

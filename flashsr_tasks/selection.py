@@ -1,0 +1,67 @@
+"""Which sources are worth enhancing: low sample rates, and band-limited content at high rates."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+MIN_FULL_BAND_RATE = 32000
+CLIFF_BELOW_HZ = 16000
+
+_SEGMENT = 4096        # FFT length of the long-term spectrum (~12 Hz bins at 48 kHz)
+_MAX_SEGMENTS = 256    # enough to average a long file; spread over its whole length
+_BAND_HZ = 250         # the spectrum is judged in bands this wide
+_DROP_DB = 40.0        # a cliff: everything above is this far below the band just under it…
+_FLOOR_DB = 50.0       # …and this far below the loudest band
+_TRANSITION_HZ = 500   # room for an anti-alias filter's slope between pass band and stop band
+
+
+def selection_reason(audio: np.ndarray, rate: int, force: bool = False) -> Optional[str]:
+    """Why a source should be enhanced (the record's `reason`), or None when it is full-band."""
+    if rate < MIN_FULL_BAND_RATE:
+        return f"sample_rate<{MIN_FULL_BAND_RATE}"
+    cutoff = band_limit_hz(audio, rate)
+    if cutoff is not None:
+        return f"band_limited<{cutoff}Hz"
+    return "forced" if force else None
+
+
+def band_limit_hz(audio: np.ndarray, rate: int) -> Optional[int]:
+    """The frequency where the long-term spectrum falls off a cliff, if that is below 16 kHz.
+
+    Telephone audio that an earlier stage stored at 44.1/48 kHz keeps its narrow band: the
+    spectrum stops dead at 3.4-8 kHz, tens of dB down in one step. Full-band recordings roll
+    off gradually, so no single edge has everything above it far below everything under it.
+    """
+    bands = _band_levels_db(audio, rate)
+    if bands is None:
+        return None
+    loudest = bands.max()
+    # highest_above[k] = the loudest band from k upwards
+    highest_above = np.maximum.accumulate(bands[::-1])[::-1]
+    skip = _TRANSITION_HZ // _BAND_HZ
+    below_span = 1000 // _BAND_HZ
+    last_edge = min(CLIFF_BELOW_HZ, rate // 2 - _TRANSITION_HZ - _BAND_HZ) // _BAND_HZ
+    for edge in range(below_span, last_edge):
+        above = highest_above[edge + skip] if edge + skip < len(bands) else -np.inf
+        below = bands[edge - below_span:edge].mean()
+        if below - above >= _DROP_DB and loudest - above >= _FLOOR_DB:
+            return edge * _BAND_HZ
+    return None
+
+
+def _band_levels_db(audio: np.ndarray, rate: int) -> Optional[np.ndarray]:
+    """Long-term power per `_BAND_HZ` band in dB (Welch average of Hann-windowed segments)."""
+    mono = audio.mean(axis=1, dtype=np.float64) if audio.ndim == 2 else audio.astype(np.float64)
+    if mono.shape[0] < _SEGMENT:
+        mono = np.pad(mono, (0, _SEGMENT - mono.shape[0]))
+    starts = np.linspace(0, mono.shape[0] - _SEGMENT, num=min(_MAX_SEGMENTS, mono.shape[0] // _SEGMENT + 1)).astype(int)
+    segments = mono[starts[:, None] + np.arange(_SEGMENT)] * np.hanning(_SEGMENT)
+    power = (np.abs(np.fft.rfft(segments, axis=1)) ** 2).mean(axis=0)
+    if not power.any():
+        return None  # digital silence: nothing to judge, nothing to enhance
+    bin_hz = rate / _SEGMENT
+    band_of_bin = (np.arange(power.shape[0]) * bin_hz // _BAND_HZ).astype(int)
+    levels = np.bincount(band_of_bin, weights=power)
+    # 1e-30 relative keeps the log finite for digitally empty bands without inventing a noise floor
+    return 10.0 * np.log10(levels + levels.max() * 1e-30)

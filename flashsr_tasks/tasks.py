@@ -1,0 +1,92 @@
+"""Celery tasks: thin callers of the per-file pipeline, plus the chord callback.
+
+Lifecycle of a gpu worker process: the main process learns from `-Q` that it serves the
+gpu queue; each pool process, once forked, starts loading the model in a background thread
+(a `worker_process_init` handler that blocked for the whole load would be killed after 4 s,
+and CUDA must only be touched after the fork); the first task waits for that load. A cpu
+worker never loads the model, nor torch, nor even numpy until its first task.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from celery import signals
+
+from flashsr_tasks import config
+from flashsr_tasks.celery import CPU_QUEUE, ENHANCE_TASK, GPU_QUEUE, MERGE_TASK, app
+
+log = logging.getLogger(__name__)
+
+_serves_gpu = False
+_model_lock = threading.Lock()
+_model: Optional[Any] = None
+
+
+@signals.celeryd_init.connect
+def _note_queues(options: Optional[dict] = None, **_: Any) -> None:
+    global _serves_gpu
+    queues = (options or {}).get("queues") or []
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    _serves_gpu = GPU_QUEUE in queues
+
+
+@signals.worker_process_init.connect
+def _preload_model(**_: Any) -> None:
+    if _serves_gpu:
+        threading.Thread(target=gpu_enhancer, name="flashsr-model-load", daemon=True).start()
+
+
+@signals.worker_ready.connect
+def _warn_if_redis_evicts(sender: Any = None, **_: Any) -> None:
+    """A broker that evicts keys under memory pressure silently drops queued tasks and chord state."""
+    try:
+        with app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:  # not Redis, or CONFIG is disabled: nothing to check
+        return
+    if policy and policy != "noeviction":
+        log.warning("Redis maxmemory-policy is %r; set it to 'noeviction' or queued tasks can be lost", policy)
+
+
+def gpu_enhancer() -> Any:
+    """This process's model, loaded once (the resampler when the model cannot load)."""
+    global _model
+    with _model_lock:
+        if _model is None:
+            from flashsr_tasks.enhancers import load_enhancer
+
+            _model = load_enhancer(config.worker_device(), config.model_dir())
+            log.info("gpu worker ready: method=%s device=%s", _model.method, _model.device)
+        return _model
+
+
+def _enhance(job: dict[str, Any], source: str, enhancer_for: Any) -> dict[str, Any]:
+    # Imported here so an idle worker's processes stay small.
+    from flashsr_tasks.worker_side import enhance_one
+
+    return enhance_one(job, source, enhancer_for)
+
+
+@app.task(name=ENHANCE_TASK[GPU_QUEUE])
+def enhance_gpu(job: dict[str, Any], source: str) -> dict[str, Any]:
+    return _enhance(job, source, gpu_enhancer)
+
+
+@app.task(name=ENHANCE_TASK[CPU_QUEUE])
+def enhance_cpu(job: dict[str, Any], source: str) -> dict[str, Any]:
+    from flashsr_tasks.enhancers import Resampler
+
+    return _enhance(job, source, Resampler)
+
+
+@app.task(name=MERGE_TASK)
+def merge_into_manifest(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:
+    """The chord callback: every member's record into the stage's manifest, and the counts."""
+    from flashsr_tasks.worker_side import merge_outcomes
+
+    return merge_outcomes(outcomes, root)

@@ -1,0 +1,41 @@
+"""What a task does around the per-file pipeline: check the message's paths, find the
+previous record, process, make the record durable. Kept out of tasks.py so that module
+(imported by every worker's main process) stays free of numpy."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from flashsr_tasks.enhancers import Enhancer
+from flashsr_tasks.manifest import find_record, merge_records
+from flashsr_tasks.paths import PathRefused, check_root
+from flashsr_tasks.pipeline import Job, process_file, refused_outcome
+
+
+def enhance_one(job_data: dict[str, Any], source: str, enhancer_for: Callable[[], Enhancer]) -> dict[str, Any]:
+    job = Job.from_dict(job_data)
+    try:
+        root = check_root(Path(job.root))
+    except PathRefused as exc:
+        return refused_outcome(source, str(exc))
+    previous = find_record(root, source)
+    known = previous.get("input_sha256") if previous and previous.get("status") == "ok" else None
+    outcome = process_file(root, source, job, enhancer_for(), known)
+    if outcome["record"] is not None:
+        # Merged now, not only by the chord callback: a chord whose counting is upset by a
+        # redelivered duplicate, or an orchestrator that went away, still loses no record.
+        merge_records(root, [outcome["record"]])
+    return outcome
+
+
+def merge_outcomes(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:
+    try:
+        checked = check_root(Path(root))
+    except PathRefused:
+        checked = None
+    if checked is not None:
+        merge_records(checked, [o["record"] for o in outcomes if o.get("record")])
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o["outcome"]] = counts.get(o["outcome"], 0) + 1
+    return {"files": len(outcomes), **counts}

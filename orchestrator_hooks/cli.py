@@ -1,0 +1,100 @@
+"""`flashsr-enhance`: the stand-alone command line (also `python -m orchestrator_hooks.flashsr_extension`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from orchestrator_hooks.flashsr_extension import FlashSRExtension, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Upgrade narrow-band audio to 48 kHz and record every result in manifest.json.
+
+Every WAV under --input (searched recursively) is checked: files below 32 kHz, and
+44.1/48 kHz files whose spectrum stops dead below 16 kHz (telephone audio stored at a
+high rate), are enhanced into <stem>_flashsr.wav beside the source. Full-band files are
+left alone unless --force. The source is never modified.
+
+On a GPU the FlashSR model does the work; without one (or without its weights) a
+high-quality sinc resampler does, and says so once. With a broker the files are sent
+to Celery workers; without one everything runs here (the default)."""
+
+EPILOG = """\
+examples:
+  flashsr-enhance --input calls/                 # in-process, every core
+  flashsr-enhance --input call.wav --device cpu  # one file, resample on the CPU
+  flashsr-enhance --input /data/stage --broker redis://:pw@localhost:6379/0 --json
+
+exit status: 0 every selected file enhanced or skipped; 1 some failed (the others are
+still done and recorded); 2 usage error.
+
+environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_MODEL_DIR,
+FLASHSR_CACHE_DIR, FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN
+(see README.md)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flashsr-enhance", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--input", required=True, metavar="PATH",
+                        help="one audio file, or a folder (the processed root, searched recursively)")
+    parser.add_argument("--model_dir", metavar="DIR",
+                        help="folder with student_ldm.pth, sr_vocoder.pth, vae.pth (default: $FLASHSR_MODEL_DIR, "
+                             "else download once into $FLASHSR_CACHE_DIR); with --device cpu, giving it runs "
+                             "FlashSR on the CPU (slow) instead of resampling")
+    parser.add_argument("--device", default="cuda", metavar="D",
+                        help="cuda (default), cuda:N or cpu; cuda without a GPU warns and uses the CPU")
+    parser.add_argument("--force", action="store_true", help="enhance every audio file, whatever its rate or bandwidth")
+    parser.add_argument("--overwrite", action="store_true", help="redo files whose output exists and is current")
+    parser.add_argument("--broker", metavar="URL",
+                        help="dispatch to Celery workers through this broker (default: $FLASHSR_BROKER_URL; "
+                             "none: run in this process)")
+    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="with a broker: print the chord id and return at once instead of waiting")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="in-process: resample on N processes (default: every core)")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 on a bad option
+    logging.basicConfig(level=logging.WARNING, format="flashsr: %(levelname)s: %(message)s", stream=sys.stderr)
+    if args.processes is not None and args.processes < 1:
+        parser.error("--processes must be at least 1")
+    try:
+        extension = FlashSRExtension(
+            output_root=args.input, device=args.device, model_dir=args.model_dir, force=args.force,
+            overwrite=args.overwrite, broker=args.broker, wait=args.wait,
+            progress=False if args.quiet else None, processes=args.processes,
+        )
+        summary = extension.run()
+    except UsageError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        print("flashsr: interrupted; outputs written so far are complete, no partial file is left", file=sys.stderr)
+        return 130
+    except Exception as exc:  # broker unreachable, invalid manifest…: one sentence, not a traceback
+        print(f"flashsr: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for failure in summary.failures:
+        print(f"flashsr: failed: {failure['error']}", file=sys.stderr)
+    if args.json:
+        json.dump(summary.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        print(summary.line(), file=sys.stderr)
+    else:
+        print(summary.line())
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""The flashsr stage as an orchestrator sees it: `FlashSRExtension`, the `--flashsr` argument
+helpers, and the stand-alone command (`python -m orchestrator_hooks.flashsr_extension`).
+
+    parser = argparse.ArgumentParser()
+    add_flashsr_arguments(parser)          # --flashsr, --device (if absent), --flashsr_* options
+    args = parser.parse_args()
+    ...                                    # the orchestrator's own stage writes stage_path
+    run_flashsr_if_requested(args, stage_path)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from orchestrator_hooks.summary import RunSummary
+
+_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+
+
+class UsageError(ValueError):
+    """A problem with what was asked (missing input, bad option): exit status 2 on the command line."""
+
+
+class FlashSRExtension:
+    """Enhance every selected audio file under `output_root` (a folder, or one file) and record
+    the results in the root's manifest.json.
+
+    With a broker (argument or FLASHSR_BROKER_URL) the files go to Celery workers as one chord;
+    without one they are processed in this process. `run()` returns a `RunSummary`.
+    """
+
+    def __init__(
+        self,
+        output_root: Union[str, os.PathLike],
+        device: str = "cuda",
+        model_dir: Optional[Union[str, os.PathLike]] = None,
+        force: bool = False,
+        overwrite: bool = False,
+        broker: Optional[str] = None,
+        wait: bool = True,
+        progress: Optional[bool] = None,
+        processes: Optional[int] = None,
+    ) -> None:
+        if not _DEVICE.match(device or ""):
+            raise UsageError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+        self.input = Path(output_root)
+        self.device = device
+        self.model_dir = str(model_dir) if model_dir else _env("FLASHSR_MODEL_DIR")
+        self.force = force
+        self.overwrite = overwrite
+        self.broker = broker or _env("FLASHSR_BROKER_URL")
+        self.wait = wait
+        self.progress = progress
+        self.processes = processes
+
+    def run(self, on_outcome: Optional[Callable[[dict[str, Any]], None]] = None) -> RunSummary:
+        from flashsr_tasks.manifest import ok_hashes, read_manifest
+        from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name
+        from flashsr_tasks.pipeline import Job
+
+        started = time.perf_counter()
+        root, sources = self._root_and_sources(discover_sources, is_output_name)
+        try:
+            checked_root = check_root(root)
+        except PathRefused as exc:
+            raise UsageError(f"{self.input}: {exc}") from None
+        job = Job(root=str(checked_root), device=self.device, model_dir=self.model_dir,
+                  force=self.force, overwrite=self.overwrite)
+        summary = RunSummary(root=str(root), files=len(sources), mode="distributed" if self.broker else "in-process")
+        bar = _progress_bar(len(sources), self.progress)
+
+        def collect(outcome: dict[str, Any]) -> None:
+            summary.add(outcome)
+            bar.update(1)
+            if on_outcome:
+                on_outcome(outcome)
+
+        try:
+            if self.broker:
+                from orchestrator_hooks.dispatch import run_distributed
+
+                summary.chord_id = run_distributed(job, sources, self.broker, self.wait, collect)
+            else:
+                from flashsr_tasks.runner import run_in_process
+
+                known = ok_hashes(read_manifest(checked_root))
+                run_in_process(checked_root, sources, job, known, collect, self.processes)
+        finally:
+            bar.close()
+        summary.elapsed_s = round(time.perf_counter() - started, 3)
+        return summary
+
+    def _root_and_sources(self, discover, is_output_name) -> tuple[Path, list[str]]:
+        if self.input.is_dir():
+            return self.input, discover(self.input)
+        if self.input.is_file():
+            if is_output_name(self.input.name):
+                raise UsageError(f"{self.input} is an output of flashsr; give its source instead")
+            return self.input.parent, [self.input.name]
+        raise UsageError(f"{self.input}: no such file or folder")
+
+
+def add_flashsr_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--flashsr` and its options to an orchestrator's parser.
+
+    `--device` is added only if the orchestrator has none (the stage then shares it); the
+    other options carry a `flashsr_` prefix so they cannot clash with the orchestrator's own.
+    """
+    group = parser.add_argument_group("FlashSR super-resolution (after the stage)")
+    group.add_argument("--flashsr", action="store_true",
+                       help="upgrade the stage's narrow-band audio to 48 kHz and record it in its manifest.json")
+    try:
+        group.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    except argparse.ArgumentError:
+        pass  # the orchestrator's own --device is used
+    group.add_argument("--flashsr_model_dir", metavar="DIR", help="folder with the FlashSR weights (default: download)")
+    group.add_argument("--flashsr_force", action="store_true", help="enhance every audio file, full-band ones too")
+    group.add_argument("--flashsr_overwrite", action="store_true", help="redo files whose output is current")
+    group.add_argument("--flashsr_broker", metavar="URL",
+                       help="dispatch to Celery workers via this broker (default: $FLASHSR_BROKER_URL, else in-process)")
+
+
+def run_flashsr_if_requested(args: argparse.Namespace, stage_path: Union[str, os.PathLike]) -> Optional[RunSummary]:
+    """The one call an orchestrator makes after a stage: runs the stage when `--flashsr` was given."""
+    if not getattr(args, "flashsr", False):
+        return None
+    return FlashSRExtension(
+        output_root=stage_path,
+        device=getattr(args, "device", None) or "cuda",
+        model_dir=getattr(args, "flashsr_model_dir", None),
+        force=getattr(args, "flashsr_force", False),
+        overwrite=getattr(args, "flashsr_overwrite", False),
+        broker=getattr(args, "flashsr_broker", None),
+    ).run()
+
+
+def _env(name: str) -> Optional[str]:
+    return os.environ.get(name) or None
+
+
+def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
+    from tqdm import tqdm
+
+    # No monitor thread: the in-process runner forks its pool after the bar exists.
+    tqdm.monitor_interval = 0
+    # enabled=None: a bar on a terminal, nothing in logs and pipes
+    return tqdm(total=total, unit="file", desc="flashsr", disable=None if enabled is None else not enabled,
+                dynamic_ncols=True, leave=False)
+
+
+if __name__ == "__main__":
+    from orchestrator_hooks.cli import main
+
+    raise SystemExit(main())

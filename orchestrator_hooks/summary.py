@@ -1,0 +1,48 @@
+"""The run summary: what `FlashSRExtension.run()` returns and `--json` prints."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class RunSummary:
+    root: str
+    files: int = 0          # audio files found under the root
+    enhanced: int = 0       # outputs written (method flashsr or resample)
+    skipped: int = 0        # output current already (same input sha256)
+    unselected: int = 0     # full-band at a full rate: nothing to do
+    failed: int = 0
+    methods: dict[str, int] = field(default_factory=dict)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    mode: str = "in-process"
+    chord_id: Optional[str] = None  # set when dispatched without waiting
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def add(self, outcome: dict[str, Any]) -> None:
+        kind = outcome["outcome"]
+        setattr(self, kind, getattr(self, kind) + 1)
+        record = outcome.get("record") or {}
+        if kind == "enhanced":
+            method = record.get("method", "?")
+            self.methods[method] = self.methods.get(method, 0) + 1
+        elif kind == "failed":
+            self.failures.append({"source": outcome["source"], "error": record.get("error", "failed")})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        if self.chord_id:
+            return f"flashsr: dispatched {self.files} files as chord {self.chord_id} (not waiting)"
+        methods = ", ".join(f"{n} {m}" for m, n in sorted(self.methods.items()))
+        return (
+            f"flashsr: {self.files} files: {self.enhanced} enhanced"
+            + (f" ({methods})" if methods else "")
+            + f", {self.skipped} skipped, {self.unselected} full-band, {self.failed} failed"
+            + f" in {self.elapsed_s:.1f} s ({self.mode}); manifest: {self.root}/manifest.json"
+        )
