@@ -1,0 +1,64 @@
+"""Which files are selected: low rates always, high rates only when band-limited."""
+import numpy as np
+import pytest
+
+from flashsr_tasks.selection import band_limit_hz, selection_reason
+from tests.signals import music_like, speech_like, stack, telephone
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 24000])
+def test_low_sample_rates_are_selected(rate):
+    assert selection_reason(speech_like(rate, 1.0)[:, None], rate) == "sample_rate<32000"
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+@pytest.mark.parametrize("make", [speech_like, music_like], ids=["speech", "music"])
+def test_full_band_content_is_not_selected(rate, make):
+    audio = make(rate, 3.0)[:, None]
+    assert band_limit_hz(audio, rate) is None
+    assert selection_reason(audio, rate) is None
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_full_band_noise_and_stereo_are_not_selected(rate):
+    noise = np.random.default_rng(3).standard_normal((rate * 2, 2)).astype(np.float32) * 0.1
+    assert selection_reason(noise, rate) is None
+    assert selection_reason(stack(speech_like(rate, 2.0, seed=4), music_like(rate, 2.0)), rate) is None
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+@pytest.mark.parametrize("band_hz", [3400, 3900])
+def test_telephone_audio_stored_at_a_high_rate_is_selected(rate, band_hz):
+    audio = telephone(rate, 3.0, band_hz=band_hz)[:, None]
+    cutoff = band_limit_hz(audio, rate)
+    assert cutoff is not None and 3000 <= cutoff <= 4500
+    assert selection_reason(audio, rate) == f"band_limited<{cutoff}Hz"
+
+
+def test_wideband_speech_at_16k_stored_at_48k_is_selected():
+    import soxr
+
+    wide = soxr.resample(speech_like(16000, 3.0), 16000, 48000, quality="VHQ")[:, None]
+    cutoff = band_limit_hz(wide, 48000)
+    assert cutoff is not None and 7000 <= cutoff <= 8500
+
+
+def test_band_limited_content_with_a_noise_floor_is_still_selected():
+    """A telephone call stored as PCM_16 at 48 kHz with dither-level noise across the band."""
+    audio = telephone(48000, 3.0) + np.random.default_rng(5).standard_normal(144000).astype(np.float32) * 1e-4
+    assert band_limit_hz(audio[:, None], 48000) is not None
+
+
+def test_silence_is_not_selected_but_force_selects_anything():
+    silence = np.zeros((48000, 1), np.float32)
+    assert selection_reason(silence, 48000) is None
+    assert selection_reason(silence, 48000, force=True) == "forced"
+    full = speech_like(48000, 1.0)[:, None]
+    assert selection_reason(full, 48000, force=True) == "forced"
+    # a file that qualifies anyway keeps its real reason under --force
+    assert selection_reason(full[:, :1], 8000, force=True) == "sample_rate<32000"
+
+
+def test_short_files_are_judged_like_long_ones():
+    assert band_limit_hz(telephone(48000, 0.2)[:, None], 48000) is not None
+    assert band_limit_hz(speech_like(48000, 0.2)[:, None], 48000) is None
