@@ -23,6 +23,14 @@ def make_app(broker: Optional[str] = None, backend: Optional[str] = None, includ
     broker = broker or config.broker_url() or config.DEFAULT_BROKER_FOR_WORKERS
     app = Celery("flashsr_tasks", include=["flashsr_tasks.tasks"] if include_tasks else [])
     time_limit = config.task_time_limit_s()
+    visibility = config.visibility_timeout_s()
+    transport = {
+        "visibility_timeout": visibility,
+        # kombu scans for tasks of dead workers every interval × throttle seconds (100 s by
+        # default); scan every interval so recovery takes about the visibility timeout.
+        "unacked_restore_interval": max(1, min(10, visibility // 10)),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         broker_url=broker,
         result_backend=backend or config.result_backend(broker),
@@ -36,8 +44,8 @@ def make_app(broker: Optional[str] = None, backend: Optional[str] = None, includ
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": config.visibility_timeout_s()},
-        result_backend_transport_options={"visibility_timeout": config.visibility_timeout_s()},
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": visibility},
         task_time_limit=time_limit,
         task_soft_time_limit=time_limit - 60 if time_limit > 120 else None,
         result_expires=RESULT_EXPIRES_S,

@@ -1,0 +1,91 @@
+"""The orchestrator's side of the distributed stage: one chord per run, then wait for it.
+
+Tasks are sent by name through a client app, so the orchestrator needs neither the model
+nor the task code. The header goes to the queue that `--device` names, and so does the
+chord callback, so a stack with only one kind of worker completes.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from flashsr_tasks.pipeline import Job
+
+POLL_S = 0.5
+
+
+def queue_for(device: str) -> str:
+    from flashsr_tasks.celery import CPU_QUEUE, GPU_QUEUE
+
+    return GPU_QUEUE if device.startswith("cuda") else CPU_QUEUE
+
+
+def run_distributed(
+    job: Job,
+    sources: Sequence[str],
+    broker: str,
+    wait: bool,
+    on_outcome: Callable[[dict[str, Any]], None],
+    timeout_s: Optional[float] = None,
+) -> Optional[str]:
+    """Dispatch `sources` as one chord; with `wait`, report each outcome as it completes and
+    return None once the manifest is merged; without, return the chord's id at once."""
+    from celery import chord
+
+    from flashsr_tasks.celery import ENHANCE_TASK, MERGE_TASK, make_app
+
+    if not sources:
+        return None
+    app = make_app(broker)
+    queue = queue_for(job.device)
+    header = [app.signature(ENHANCE_TASK[queue], args=(job.to_dict(), s), queue=queue) for s in sources]
+    callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue)
+    try:
+        result = chord(header, app=app)(callback)
+    except Exception as exc:
+        raise ConnectionError(f"cannot reach the broker ({type(exc).__name__}: {exc})") from None
+    try:
+        if not wait:
+            return result.id
+        _follow(result, list(zip(sources, result.parent.results)), on_outcome, timeout_s)
+        return None
+    finally:
+        # The Redis result backend subscribes to every sent task's result channel and would
+        # unsubscribe from the result objects' destructors at interpreter exit, noisily;
+        # unsubscribe now, while the connection is alive.
+        for task_id in [result.id, *(member.id for member in result.parent.results)]:
+            app.backend.result_consumer.cancel_for(task_id)
+        app.close()
+
+
+def _follow(
+    result: Any, members: list[tuple[str, Any]], on_outcome: Callable[[dict[str, Any]], None], timeout_s: Optional[float]
+) -> None:
+    """Report header results as they arrive, then wait for the callback's merge."""
+    pending = members
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while pending:
+        still = []
+        for source, member in pending:
+            if member.ready():
+                on_outcome(member.get(propagate=False) if member.successful() else _lost(source, member))
+            else:
+                still.append((source, member))
+        pending = still
+        if pending:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} files still unfinished after {timeout_s:.0f} s")
+            time.sleep(POLL_S)
+    # A member that raised (a hard time limit) stops the callback; its siblings' records are
+    # in the manifest anyway, because each task merges its own. Polled like the members,
+    # because `get()` would subscribe to Redis pub/sub for one last message.
+    while not result.ready() and not any(m.failed() for _, m in members):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the manifest merge did not finish within {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _lost(source: str, member: Any) -> dict[str, Any]:
+    """A member that raised instead of returning a record: still an outcome for the summary."""
+    error = f"{source} failed on its worker ({type(member.result).__name__}: {member.result})."
+    return {"source": source, "outcome": "failed", "record": {"status": "failed", "error": error}}
