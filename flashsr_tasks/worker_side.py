@@ -23,8 +23,9 @@ def enhance_one(job_data: dict[str, Any], source: str, enhancer_for: Callable[[]
     outcome = process_file(root, source, job, enhancer_for(), known)
     if outcome["record"] is not None:
         # Merged now, not only by the chord callback: a chord whose counting is upset by a
-        # redelivered duplicate, or an orchestrator that went away, still loses no record.
-        merge_records(root, [outcome["record"]])
+        # redelivered duplicate, or whose member hit a hard time limit, still loses no record.
+        # Not fsynced: the callback's merge repeats it durably.
+        merge_records(root, [outcome["record"]], durable=False)
     return outcome
 
 
