@@ -50,13 +50,10 @@ def make_app(broker: Optional[str] = None, backend: Optional[str] = None, includ
         task_soft_time_limit=time_limit - 60 if time_limit > 120 else None,
         result_expires=RESULT_EXPIRES_S,
         result_extended=False,
-        task_track_started=True,
         task_default_queue=CPU_QUEUE,
         task_routes={ENHANCE_TASK[GPU_QUEUE]: {"queue": GPU_QUEUE}, ENHANCE_TASK[CPU_QUEUE]: {"queue": CPU_QUEUE}},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
     )
     return app
 

@@ -11,9 +11,6 @@ from typing import Any, Callable, Optional, Sequence
 
 from flashsr_tasks.pipeline import Job
 
-POLL_S = 0.5
-
-
 def queue_for(device: str) -> str:
     from flashsr_tasks.celery import CPU_QUEUE, GPU_QUEUE
 
@@ -47,7 +44,7 @@ def run_distributed(
     try:
         if not wait:
             return result.id
-        _follow(result, list(zip(sources, result.parent.results)), on_outcome, timeout_s)
+        _follow(result, dict(zip((m.id for m in result.parent.results), sources)), on_outcome, timeout_s)
         return None
     finally:
         # The Redis result backend subscribes to every sent task's result channel and would
@@ -59,33 +56,24 @@ def run_distributed(
 
 
 def _follow(
-    result: Any, members: list[tuple[str, Any]], on_outcome: Callable[[dict[str, Any]], None], timeout_s: Optional[float]
+    result: Any, sources: dict[str, str], on_outcome: Callable[[dict[str, Any]], None], timeout_s: Optional[float]
 ) -> None:
-    """Report header results as they arrive, then wait for the callback's merge."""
-    pending = members
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while pending:
-        still = []
-        for source, member in pending:
-            if member.ready():
-                on_outcome(member.get(propagate=False) if member.successful() else _lost(source, member))
-            else:
-                still.append((source, member))
-        pending = still
-        if pending:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(pending)} files still unfinished after {timeout_s:.0f} s")
-            time.sleep(POLL_S)
+    """Report each member's outcome as it arrives (pushed by the result backend, not polled),
+    then wait for the callback's merge."""
+    started = time.monotonic()
+
+    def arrived(task_id: str, value: Any) -> None:
+        on_outcome(value if isinstance(value, dict) else _lost(sources[task_id], value))
+
+    result.parent.join_native(timeout=timeout_s, propagate=False, callback=arrived)
+    remaining = None if timeout_s is None else max(1.0, timeout_s - (time.monotonic() - started))
     # A member that raised (a hard time limit) stops the callback; its siblings' records are
-    # in the manifest anyway, because each task merges its own. Polled like the members,
-    # because `get()` would subscribe to Redis pub/sub for one last message.
-    while not result.ready() and not any(m.failed() for _, m in members):
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"the manifest merge did not finish within {timeout_s:.0f} s")
-        time.sleep(POLL_S)
+    # in the manifest anyway, because each task merges its own.
+    if not any(m.failed() for m in result.parent.results):
+        result.get(timeout=remaining, propagate=False)
 
 
-def _lost(source: str, member: Any) -> dict[str, Any]:
+def _lost(source: str, error: Any) -> dict[str, Any]:
     """A member that raised instead of returning a record: still an outcome for the summary."""
-    error = f"{source} failed on its worker ({type(member.result).__name__}: {member.result})."
-    return {"source": source, "outcome": "failed", "record": {"status": "failed", "error": error}}
+    message = f"{source} failed on its worker ({type(error).__name__}: {error})."
+    return {"source": source, "outcome": "failed", "record": {"status": "failed", "error": message}}
