@@ -1,0 +1,120 @@
+"""What the queue costs: the same calls through Redis + one cpu worker of N processes, and
+in-process on N processes, in one run. Also the idle resident memory of the workers.
+
+    python benchmarks/queue_overhead.py                 # 300 thirty-second 8 kHz calls
+    python benchmarks/queue_overhead.py --files 50 --seconds 10
+    python benchmarks/queue_overhead.py --model_dir DIR # gpu worker idle memory with the model loaded
+
+Needs redis-server on PATH (a private one is started on a free port).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from orchestrator_hooks import FlashSRExtension  # noqa: E402
+from tests.services import start_redis, start_worker, worker_env  # noqa: E402
+
+
+def make_calls(folder: Path, files: int, seconds: float) -> None:
+    rng = np.random.default_rng(0)
+    rate = 8000
+    t = np.arange(int(rate * seconds)) / rate
+    for i in range(files):
+        tone = 0.2 * np.sin(2 * np.pi * (150 + i % 50) * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+        noise = 0.02 * rng.standard_normal(t.shape[0])
+        sf.write(str(folder / f"call_{i:04d}.wav"), (tone + noise).astype(np.float32), rate, subtype="PCM_16")
+
+
+def timed_run(folder: Path, **kwargs) -> float:
+    started = time.perf_counter()
+    summary = FlashSRExtension(folder, device="cpu", progress=False, **kwargs).run()
+    elapsed = time.perf_counter() - started
+    if summary.enhanced != summary.files or summary.failed:
+        raise SystemExit(f"benchmark run did not enhance every file: {summary.line()}")
+    return elapsed
+
+
+def resident_mib(pid: int) -> tuple[float, float]:
+    """(sum of RSS, sum of PSS) of a process and its children, in MiB."""
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    rss = sum(p.memory_info().rss for p in procs)
+    pss = sum(p.memory_full_info().pss for p in procs)
+    return rss / 2**20, pss / 2**20
+
+
+def idle_memory(queue: str, broker: str, workdir: Path, concurrency: int, **env: str) -> tuple[float, float]:
+    worker = start_worker(queue, broker, workdir, concurrency, env=worker_env(broker, **env), ready_timeout=600)
+    try:
+        time.sleep(3 if queue == "cpu" else 1)
+        if queue == "gpu":  # wait for the model load to finish
+            deadline = time.monotonic() + 900
+            while "gpu worker ready" not in worker.log_text() and time.monotonic() < deadline:
+                time.sleep(1)
+        return resident_mib(worker.process.pid)
+    finally:
+        worker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--model_dir", help="load this model in the gpu worker for its idle-memory figure")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="flashsr-bench-") as tmp:
+        work = Path(tmp)
+        source = work / "calls"
+        source.mkdir()
+        make_calls(source, args.files, args.seconds)
+        redis = start_redis(work)
+        try:
+            worker = start_worker("cpu", redis.url, work, args.processes)
+            try:
+                # Interleaved, fresh copies each time, best of two: noise hits both modes alike.
+                dist, inproc = [], []
+                for round_ in range(2):
+                    for mode, times in (("dist", dist), ("inproc", inproc)):
+                        folder = work / f"{mode}-{round_}"
+                        shutil.copytree(source, folder)
+                        kwargs = {"broker": redis.url} if mode == "dist" else {"processes": args.processes}
+                        times.append(timed_run(folder, **kwargs))
+                        shutil.rmtree(folder)
+            finally:
+                worker.stop()
+            cpu_rss, cpu_pss = idle_memory("cpu", redis.url, work, args.processes)
+            gpu_env = {"HF_HUB_OFFLINE": "1", "FLASHSR_CACHE_DIR": str(work / "cache")}
+            if args.model_dir:
+                gpu_env.update(FLASHSR_MODEL_DIR=args.model_dir, FLASHSR_DEVICE="cpu")
+            gpu_rss, gpu_pss = idle_memory("gpu", redis.url, work, 1, **gpu_env)
+        finally:
+            redis.stop()
+
+    t_dist, t_in = min(dist), min(inproc)
+    n = args.files
+    print(f"{n} calls of {args.seconds:g} s at 8 kHz, {args.processes} processes, resample to 48 kHz")
+    print(f"| mode | files/s |\n| --- | --- |")
+    print(f"| in-process ({args.processes} processes) | {n / t_in:.1f} |")
+    print(f"| Redis + 1 cpu worker ({args.processes} processes) | {n / t_dist:.1f} |")
+    print(f"distributed / in-process: {t_in / t_dist:.2f} (target >= 0.8)")
+    print(f"per-task overhead: {(t_dist - t_in) * args.processes / n * 1000:.1f} ms of worker time per file")
+    print(f"idle cpu worker (main + {args.processes} pool processes): RSS {cpu_rss:.0f} MiB, PSS {cpu_pss:.0f} MiB "
+          "(target < 200 MiB)")
+    loaded = "model loaded" if args.model_dir else "no weights: resample fallback"
+    print(f"idle gpu worker (main + 1 pool process, {loaded}): RSS {gpu_rss:.0f} MiB, PSS {gpu_pss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
