@@ -85,7 +85,7 @@ def merge_records(root: Path, records: Iterable[dict[str, Any]], durable: bool =
                 merged.append(incoming.pop(record["source"]))
             else:
                 merged.append(record)
-        merged.extend(incoming.values())
+        merged.extend(sorted(incoming.values(), key=lambda r: r["source"]))
         manifest["enhancements"] = merged
         _replace_json(manifest_path(root), manifest, durable)
     return count
