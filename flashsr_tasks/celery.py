@@ -43,6 +43,8 @@ def make_app(broker: Optional[str] = None, backend: Optional[str] = None, includ
         # Redis hand unacknowledged tasks of a dead worker to another one.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # gpu tasks are long: one at a time per process, so idle GPUs get the next one. cpu
+        # workers raise this in tasks.py, where the worker knows its queues.
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
         result_backend_transport_options={"visibility_timeout": visibility},

@@ -42,6 +42,13 @@ def worker_device() -> str:
     return os.environ.get("FLASHSR_DEVICE") or "cuda"
 
 
+def cpu_prefetch() -> int:
+    """Tasks a cpu worker process reserves ahead: resampling a call takes tens of milliseconds,
+    comparable to fetching the next message, so a few in hand keep the processes busy. The
+    cost: a crashed cpu worker's reserved tasks wait for the visibility timeout too."""
+    return _int_env("FLASHSR_CPU_PREFETCH", 4)
+
+
 def _int_env(name: str, default: int) -> int:
     value = os.environ.get(name)
     if not value:
@@ -49,7 +56,7 @@ def _int_env(name: str, default: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number of seconds, not {value!r}") from None
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
     if number <= 0:
         raise ValueError(f"{name} must be positive, not {value!r}")
     return number

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from filelock import FileLock
 
@@ -115,10 +115,3 @@ def _dumps(content: dict[str, Any]) -> str:
 
     body = ",\n".join(f"  {json.dumps(k, ensure_ascii=False)}: {value(v)}" for k, v in content.items())
     return "{\n" + body + "\n}\n"
-
-
-def find_record(root: Path, source: str) -> Optional[dict[str, Any]]:
-    for record in read_manifest(root).get("enhancements", []):
-        if isinstance(record, dict) and record.get("type") == RECORD_TYPE and record.get("source") == source:
-            return record
-    return None

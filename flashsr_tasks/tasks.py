@@ -26,12 +26,14 @@ _model: Optional[Any] = None
 
 
 @signals.celeryd_init.connect
-def _note_queues(options: Optional[dict] = None, **_: Any) -> None:
+def _note_queues(conf: Any = None, options: Optional[dict] = None, **_: Any) -> None:
     global _serves_gpu
     queues = (options or {}).get("queues") or []
     if isinstance(queues, str):
         queues = queues.split(",")
     _serves_gpu = GPU_QUEUE in queues
+    if not _serves_gpu and conf is not None:
+        conf.worker_prefetch_multiplier = config.cpu_prefetch()
 
 
 @signals.worker_process_init.connect
@@ -65,23 +67,23 @@ def gpu_enhancer() -> Any:
         return _model
 
 
-def _enhance(job: dict[str, Any], source: str, enhancer_for: Any) -> dict[str, Any]:
+def _enhance(job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any) -> dict[str, Any]:
     # Imported here so an idle worker's processes stay small.
     from flashsr_tasks.worker_side import enhance_one
 
-    return enhance_one(job, source, enhancer_for)
+    return enhance_one(job, source, known_sha256, enhancer_for)
 
 
 @app.task(name=ENHANCE_TASK[GPU_QUEUE])
-def enhance_gpu(job: dict[str, Any], source: str) -> dict[str, Any]:
-    return _enhance(job, source, gpu_enhancer)
+def enhance_gpu(job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> dict[str, Any]:
+    return _enhance(job, source, known_sha256, gpu_enhancer)
 
 
 @app.task(name=ENHANCE_TASK[CPU_QUEUE])
-def enhance_cpu(job: dict[str, Any], source: str) -> dict[str, Any]:
+def enhance_cpu(job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> dict[str, Any]:
     from flashsr_tasks.enhancers import Resampler
 
-    return _enhance(job, source, Resampler)
+    return _enhance(job, source, known_sha256, Resampler)
 
 
 @app.task(name=MERGE_TASK)

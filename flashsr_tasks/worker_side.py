@@ -1,26 +1,28 @@
-"""What a task does around the per-file pipeline: check the message's paths, find the
-previous record, process, make the record durable. Kept out of tasks.py so that module
+"""What a task does around the per-file pipeline: check the message's root, process, make
+the record durable. Kept out of tasks.py so that module
 (imported by every worker's main process) stays free of numpy."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from flashsr_tasks.enhancers import Enhancer
-from flashsr_tasks.manifest import find_record, merge_records
+from flashsr_tasks.manifest import merge_records
 from flashsr_tasks.paths import PathRefused, check_root
 from flashsr_tasks.pipeline import Job, process_file, refused_outcome
 
 
-def enhance_one(job_data: dict[str, Any], source: str, enhancer_for: Callable[[], Enhancer]) -> dict[str, Any]:
+def enhance_one(
+    job_data: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Callable[[], Enhancer]
+) -> dict[str, Any]:
+    """`known_sha256`: the input hash of the source's ok record when the orchestrator read the
+    manifest (it reads it once per run, so workers do not parse it once per file)."""
     job = Job.from_dict(job_data)
     try:
         root = check_root(Path(job.root))
     except PathRefused as exc:
         return refused_outcome(source, str(exc))
-    previous = find_record(root, source)
-    known = previous.get("input_sha256") if previous and previous.get("status") == "ok" else None
-    outcome = process_file(root, source, job, enhancer_for(), known)
+    outcome = process_file(root, source, job, enhancer_for(), known_sha256)
     if outcome["record"] is not None:
         # Merged now, not only by the chord callback: a chord whose counting is upset by a
         # redelivered duplicate, or whose member hit a hard time limit, still loses no record.

@@ -20,6 +20,7 @@ def queue_for(device: str) -> str:
 def run_distributed(
     job: Job,
     sources: Sequence[str],
+    known: dict[str, str],
     broker: str,
     wait: bool,
     on_outcome: Callable[[dict[str, Any]], None],
@@ -35,7 +36,7 @@ def run_distributed(
         return None
     app = make_app(broker)
     queue = queue_for(job.device)
-    header = [app.signature(ENHANCE_TASK[queue], args=(job.to_dict(), s), queue=queue) for s in sources]
+    header = [app.signature(ENHANCE_TASK[queue], args=(job.to_dict(), s, known.get(s)), queue=queue) for s in sources]
     callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue)
     try:
         result = chord(header, app=app)(callback)

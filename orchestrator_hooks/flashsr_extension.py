@@ -79,15 +79,15 @@ class FlashSRExtension:
             if on_outcome:
                 on_outcome(outcome)
 
+        known = ok_hashes(read_manifest(checked_root))  # what a re-run may skip
         try:
             if self.broker:
                 from orchestrator_hooks.dispatch import run_distributed
 
-                summary.chord_id = run_distributed(job, sources, self.broker, self.wait, collect)
+                summary.chord_id = run_distributed(job, sources, known, self.broker, self.wait, collect)
             else:
                 from flashsr_tasks.runner import run_in_process
 
-                known = ok_hashes(read_manifest(checked_root))
                 run_in_process(checked_root, sources, job, known, collect, self.processes)
         finally:
             bar.close()

@@ -81,6 +81,19 @@ def test_cpu_queue_end_to_end_through_the_command_line(tmp_path, redis_server, w
     assert "Traceback" not in result.stderr
 
 
+def test_a_distributed_rerun_skips_current_outputs(tmp_path, redis_server, workers):
+    workers("cpu")
+    root = tmp_path / "stage"
+    calls(root, 3)
+    first = FlashSRExtension(root, device="cpu", broker=redis_server.url, progress=False).run()
+    before = records(root)
+    again = FlashSRExtension(root, device="cpu", broker=redis_server.url, progress=False).run()
+    assert (first.enhanced, again.enhanced, again.skipped) == (3, 0, 3)
+    assert records(root) == before
+    redo = FlashSRExtension(root, device="cpu", broker=redis_server.url, overwrite=True, progress=False).run()
+    assert redo.enhanced == 3
+
+
 def test_gpu_worker_without_model_resamples_with_one_warning(tmp_path, redis_server, workers):
     gpu = workers("gpu", HF_HUB_OFFLINE="1", FLASHSR_CACHE_DIR=str(tmp_path / "cache"))
     root = tmp_path / "stage"
@@ -123,7 +136,7 @@ def test_chord_with_a_failing_member_still_merges_and_a_duplicate_leaves_one_rec
     outcomes = []
     job = Job(root=str(root.resolve()), device="cpu")
     # call_000 twice in one chord: a task delivered twice
-    run_distributed(job, [*names, names[0], "empty.wav"], redis_server.url, True, outcomes.append, timeout_s=60)
+    run_distributed(job, [*names, names[0], "empty.wav"], {}, redis_server.url, True, outcomes.append, timeout_s=60)
     kinds = sorted(o["outcome"] for o in outcomes)
     # the second delivery finds the first one's output and record, or redoes it if both ran at once
     assert kinds in (["enhanced"] * 4 + ["failed"], ["enhanced"] * 3 + ["failed", "skipped"])
@@ -204,7 +217,7 @@ def test_two_orchestrators_write_one_manifest_at_once(tmp_path, redis_server, wo
 
         job = Job(root=str(root.resolve()), device="cpu")
         out = []
-        run_distributed(job, [f"{part}/call_{i:03d}.wav" for i in range(6)], redis_server.url, True, out.append, 60)
+        run_distributed(job, [f"{part}/call_{i:03d}.wav" for i in range(6)], {}, redis_server.url, True, out.append, 60)
         results[part] = out
 
     threads = [threading.Thread(target=orchestrate, args=(p,)) for p in ("a", "b")]

@@ -1,0 +1,316 @@
+"""FlashSR on a device: load the library's model once, enhance audio of any length.
+
+Imports torch; `flashsr_tasks.enhancers` imports this module only when the model is wanted.
+The inference code is FlashSR's own (import name `FlashSR`, PyPI `polflashsr`), used as a
+dependency. What this module adds: weights resolution (`flashsr_tasks.weights`), loading
+onto the CPU first, device choice, resampling to 48 kHz, windows (`flashsr_tasks.windows`)
+batched across channels and time, per-window input low-pass, and optional CUDA autocast.
+
+Settings (environment; `load_flashsr` arguments take precedence):
+
+    FLASHSR_BATCH_SIZE     windows (channel rows) per forward pass; default 4 on CUDA, 1 on the CPU.
+                           Memory grows with it; throughput on a GPU too, on a CPU hardly at all.
+    FLASHSR_LOWPASS_INPUT  1/0. Low-pass each window at its own detected cutoff before the model,
+                           as FlashSR's `lowpass_input` does ("can help reduce discrepancy between
+                           training data and inference data"). Upstream default: on (the default of
+                           `FlashSR.forward`); upstream's README example passes it off. Default here: on.
+    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA; ignored on the CPU.
+
+Also honoured (see `flashsr_tasks.weights`): FLASHSR_MODEL_DIR, FLASHSR_CACHE_DIR,
+FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from flashsr_tasks.resample import OUTPUT_RATE, to_output_rate
+from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, Weights, locate_weights
+from flashsr_tasks.windows import DEFAULT_OVERLAP, WINDOW, apply_windowed
+
+__all__ = ["FlashSREnhancer", "ModelUnavailable", "load_flashsr", "resolve_device", "write_random_weights"]
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SEED = 0  # fixed noise per batch: the same input gives the same output (on the same device and batch size)
+_INSTALL_HINT = "install the 'model' extra (pip install 'flashsr[model]')"
+_torch_load_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------- settings
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ModelUnavailable(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ModelUnavailable(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _autocast_name(value: Optional[str]) -> str:
+    name = (value if value is not None else os.environ.get("FLASHSR_AUTOCAST", "")).strip().lower() or "off"
+    if name not in AUTOCAST_DTYPES:
+        raise ModelUnavailable(f"FLASHSR_AUTOCAST must be off, bf16 or fp16, got {name!r}")
+    return name
+
+
+def resolve_device(device: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` → a concrete torch device; CUDA without a GPU → a warning and the CPU."""
+    try:
+        wanted = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use cuda, cuda:N or cpu") from None
+    if wanted.type == "cpu":
+        return torch.device("cpu")
+    if wanted.type != "cuda":
+        raise ValueError(f"unknown device {device!r}: use cuda, cuda:N or cpu")
+    if not torch.cuda.is_available():
+        log.warning("--device %s was asked for but no CUDA GPU is available: FlashSR runs on the CPU "
+                    "(minutes per 5 s window)", device)
+        return torch.device("cpu")
+    index = torch.cuda.current_device() if wanted.index is None else wanted.index
+    if index >= torch.cuda.device_count():
+        raise ModelUnavailable(f"{device} does not exist here ({torch.cuda.device_count()} CUDA devices)")
+    # An explicit index, so comparisons with tensors' devices (cuda:0 == cuda:0) hold.
+    return torch.device("cuda", index)
+
+
+# ---------------------------------------------------------------------------- the library
+
+@contextlib.contextmanager
+def _quiet_library() -> Iterator[None]:
+    """The library prints on import ("There is no Hparams", …) and torch warns about weight_norm:
+    keep stdout clean (the CLI's --json owns it) and send the noise to the debug log."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+    if captured.getvalue().strip():
+        log.debug("FlashSR library output: %s", captured.getvalue().strip())
+
+
+@contextlib.contextmanager
+def _torch_load_on_cpu() -> Iterator[None]:
+    """Upstream calls torch.load without map_location (or with the target device): while the
+    model is built, every load lands on the CPU, tensors only; the model moves to its device after."""
+    original = torch.load
+
+    def load_on_cpu(f: Any, *args: Any, **kwargs: Any) -> Any:
+        return original(f, map_location="cpu", weights_only=True)
+
+    with _torch_load_lock:
+        torch.load = load_on_cpu
+        try:
+            yield
+        finally:
+            torch.load = original
+
+
+def _import_library() -> tuple[type, Optional[Callable[[torch.Tensor], torch.Tensor]]]:
+    """FlashSR's model class, and a per-row input low-pass built from its utilities (None if absent)."""
+    try:
+        with _quiet_library():
+            from FlashSR.FlashSR import FlashSR
+    except ImportError as exc:
+        raise ModelUnavailable(f"the FlashSR library cannot be imported ({exc}): {_INSTALL_HINT}") from None
+    try:
+        with _quiet_library():
+            from FlashSR.Util.UtilAudioLowPassFilter import UtilAudioLowPassFilter
+            from FlashSR.Util.UtilAudioSR import UtilAudioSR
+    except ImportError:  # older upstream versions have no lowpass_input
+        return FlashSR, None
+
+    def lowpass_rows(x: torch.Tensor) -> torch.Tensor:
+        # Upstream's forward detects one cutoff from row 0 for the whole batch and its filter takes
+        # at most 2 rows; each window gets its own cutoff here, with the same detector and filter.
+        rows = []
+        for row in x:
+            cutoff = UtilAudioSR.find_cutoff_freq(row[None])
+            if cutoff >= OUTPUT_RATE // 2:  # full band or silence: nothing to remove (and the filter
+                rows.append(row)            # would reject a cutoff at Nyquist)
+                continue
+            filtered = UtilAudioLowPassFilter.lowpass(row.cpu().numpy(), OUTPUT_RATE, filter_name="cheby",
+                                                      filter_order=8, cutoff_freq=cutoff)
+            rows.append(torch.from_numpy(np.ascontiguousarray(filtered)).to(x))
+        return torch.stack(rows)
+
+    return FlashSR, lowpass_rows
+
+
+def _build(flashsr_class: type, weights: Weights) -> torch.nn.Module:
+    paths = [str(weights.path(name)) for name in WEIGHT_FILES]
+    # PyPI's polflashsr takes a `device` argument (the vocoder's map_location) that upstream lacks.
+    extra = {"device": "cpu"} if "device" in inspect.signature(flashsr_class.__init__).parameters else {}
+    with _quiet_library(), _torch_load_on_cpu():
+        model = flashsr_class(*paths, **extra)
+    return model
+
+
+# ---------------------------------------------------------------------------- the enhancer
+
+class FlashSREnhancer:
+    """The `Enhancer` for FlashSR: float32 `[frames, channels]` at any rate → 48 kHz, same duration."""
+
+    method = "flashsr"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, label: str, *, batch_size: int,
+                 lowpass: Optional[Callable[[torch.Tensor], torch.Tensor]], autocast: str,
+                 forward_kwargs: dict[str, Any], overlap: int = DEFAULT_OVERLAP) -> None:
+        self._model = model
+        self._device = device
+        self._lowpass = lowpass
+        self._autocast = AUTOCAST_DTYPES[autocast] if device.type == "cuda" else None
+        self._forward_kwargs = forward_kwargs
+        self._lock = threading.Lock()  # one inference at a time on this model
+        self.model = label
+        self.device = str(device)
+        self.batch_size = batch_size
+        self.lowpass_input = lowpass is not None
+        self.autocast = autocast if self._autocast is not None else "off"
+        self.overlap = overlap
+
+    def _process(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self._device)
+        if self._lowpass is not None:
+            x = self._lowpass(x)
+        devices = [self._device.index] if self._device.type == "cuda" else []
+        autocast = (torch.autocast("cuda", dtype=self._autocast) if self._autocast is not None
+                    else contextlib.nullcontext())
+        with torch.random.fork_rng(devices=devices), autocast:
+            torch.manual_seed(SEED)
+            y = self._model(x, **self._forward_kwargs)
+        return y.float().cpu().numpy()
+
+    def enhance(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        audio48 = to_output_rate(np.asarray(audio, dtype=np.float32), rate)
+        with self._lock, torch.inference_mode():
+            out = apply_windowed(self._process, audio48, WINDOW, self.overlap, self.batch_size)
+        if not np.isfinite(out).all():
+            raise RuntimeError("FlashSR produced non-finite samples"
+                               + (f" under {self.autocast} autocast: try FLASHSR_AUTOCAST=off"
+                                  if self.autocast != "off" else ""))
+        return out
+
+
+def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_size: Optional[int] = None,
+                 lowpass_input: Optional[bool] = None, autocast_dtype: Optional[str] = None,
+                 overlap: int = DEFAULT_OVERLAP) -> FlashSREnhancer:
+    """Load FlashSR once: weights from `model_dir` / FLASHSR_MODEL_DIR / the Hub cache, onto `device`.
+
+    Arguments left as None come from the environment (see the module docstring). Raises
+    `ModelUnavailable` (one sentence) when the library, the weights or the device cannot be used.
+    """
+    torch_device = resolve_device(device)
+    batch_size = batch_size or _env_int("FLASHSR_BATCH_SIZE", 4 if torch_device.type == "cuda" else 1)
+    lowpass_input = _env_bool("FLASHSR_LOWPASS_INPUT", True) if lowpass_input is None else lowpass_input
+    autocast = _autocast_name(autocast_dtype)
+    if autocast != "off" and torch_device.type != "cuda":
+        log.warning("FLASHSR_AUTOCAST=%s applies to CUDA only; the CPU runs in float32", autocast)
+
+    flashsr_class, lowpass_rows = _import_library()
+    if lowpass_input and lowpass_rows is None:
+        log.warning("this FlashSR version has no input low-pass; FLASHSR_LOWPASS_INPUT is ignored")
+    weights = locate_weights(model_dir)
+    try:
+        model = _build(flashsr_class, weights)
+        model.eval().requires_grad_(False)  # the VAE has dropout: inference needs eval mode
+        model.to(torch_device)
+        model.vae.to(torch_device)  # a plain object, not a submodule: .to() above does not reach it
+    except ModelUnavailable:
+        raise
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelUnavailable(
+            f"the FlashSR weights ({weights.label}) could not be loaded on {torch_device} "
+            f"({type(exc).__name__}: {first_line}): check the three files or fetch them again with "
+            "flashsr-download") from None
+
+    # Windows are low-passed above, per row; never ask the library to do it again for the batch.
+    takes_lowpass = "lowpass_input" in inspect.signature(flashsr_class.forward).parameters
+    enhancer = FlashSREnhancer(
+        model, torch_device, weights.label, batch_size=batch_size,
+        lowpass=lowpass_rows if lowpass_input else None, autocast=autocast,
+        forward_kwargs={"lowpass_input": False} if takes_lowpass else {}, overlap=overlap)
+    log.info("FlashSR loaded: %s on %s, batch size %d, input low-pass %s, autocast %s",
+             enhancer.model, enhancer.device, enhancer.batch_size,
+             "on" if enhancer.lowpass_input else "off", enhancer.autocast)
+    return enhancer
+
+
+# ---------------------------------------------------------------------------- random weights
+
+def write_random_weights(folder: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write checkpoints of FlashSR's real architecture with random weights (the library's own
+    classes) into `folder`: for tests and benchmarks, where the published weights are out of reach.
+    About 3.3 GB and 40 s. Files already present are kept; each appears only once complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _quiet_library():
+        from FlashSR import VAEWrapper
+        from FlashSR.AudioSR.AudioSRUnet import AudioSRUnet
+        from FlashSR.AudioSR.autoencoder import AutoencoderKL
+        from FlashSR.FlashSR import FlashSR
+        from FlashSR.SRVocoder import SRVocoder
+        from TorchJaekwon.Model.Diffusion.DDPM.DDPM import DDPM
+        from TorchJaekwon.Util.UtilData import UtilData
+
+    def student() -> torch.nn.Module:
+        # FlashSR loads student_ldm.pth into itself before attaching the VAE and the vocoder:
+        # a DDPM around the UNet, with FlashSR's own schedule defaults.
+        params = inspect.signature(FlashSR.__init__).parameters
+        return DDPM(model=AudioSRUnet(), model_output_type=params["model_output_type"].default,
+                    beta_schedule_type=params["beta_schedule_type"].default)
+
+    def vae() -> torch.nn.Module:
+        config = Path(VAEWrapper.__file__).parent / "AudioSR" / "args" / "model_argument.yaml"
+        return AutoencoderKL(**UtilData.yaml_load(str(config)))
+
+    builders = {"student_ldm.pth": student, "sr_vocoder.pth": SRVocoder, "vae.pth": vae}
+    torch.manual_seed(seed)
+    for name in WEIGHT_FILES:
+        target = folder / name
+        if target.is_file():
+            continue
+        with _quiet_library():
+            module = builders[name]()
+        partial = folder / f".{name}.partial"
+        torch.save(module.state_dict(), partial)
+        os.replace(partial, target)
+        del module
+    return folder
+
+
+def write_random_weights_in_subprocess(folder: str | os.PathLike[str], seed: int = 0) -> Path:
+    """`write_random_weights` in a child process, so the caller's memory does not keep ~3 GB of it."""
+    code = "import sys; from flashsr_tasks.model import write_random_weights; write_random_weights(sys.argv[1], int(sys.argv[2]))"
+    subprocess.run([sys.executable, "-c", code, str(folder), str(seed)], check=True)
+    return Path(folder)
