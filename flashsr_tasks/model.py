@@ -198,6 +198,11 @@ class FlashSREnhancer:
         self.autocast = autocast if self._autocast is not None else "off"
         self.overlap = overlap
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The library's FlashSR module, as loaded (for benchmarks against its own forward)."""
+        return self._model
+
     def _process(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self._device)
         if self._lowpass is not None:

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from flashsr_tasks.audio import AudioError, fit_full_scale, output_subtype, read_source, sha256_of, write_output
 from flashsr_tasks.enhancers import Enhancer
@@ -48,13 +48,15 @@ def process_file(
     root: Path,
     source: str,
     job: Job,
-    enhancer: Enhancer,
+    enhancer_for: Callable[[], Enhancer],
     known_sha256: Optional[str] = None,
 ) -> dict[str, Any]:
     """Enhance one source under an already checked `root`; returns `{"source", "outcome", "record"}`.
 
-    `known_sha256` is the input hash of the source's current ok record: with the output
-    present and the same hash, the file is skipped unless the job says overwrite.
+    `enhancer_for` is called only once the file is known to need enhancing, so the model is
+    never loaded for skipped or unselected files. `known_sha256` is the input hash of the
+    source's current ok record: with the output present and the same hash, the file is
+    skipped unless the job says overwrite.
     """
     started = time.perf_counter()
     record: dict[str, Any] = {"type": RECORD_TYPE, "source": source}
@@ -74,6 +76,8 @@ def process_file(
         reason = selection_reason(src.audio, src.rate, force=job.force)
         if reason is None:
             return {"source": source, "outcome": UNSELECTED, "record": None}
+        enhancer = enhancer_for()
+        record["method"] = enhancer.method
         out = enhancer.enhance(src.audio, src.rate)
         del src.audio  # the largest temporary; free it before writing
         if not math.isfinite(float(out.sum(dtype="float64"))):
@@ -82,7 +86,6 @@ def process_file(
         write_output(output_path, out, OUTPUT_RATE, output_subtype(src.subtype))
         record.update(
             status="ok",
-            method=enhancer.method,
             reason=reason,
             input_sample_rate=src.rate,
             output_sample_rate=OUTPUT_RATE,
@@ -104,7 +107,6 @@ def process_file(
         log.debug("unexpected failure on %s", source, exc_info=True)
         record.update(status="failed", error=f"{source} failed unexpectedly ({type(exc).__name__}: {_anonymous(exc, root)}).")
         outcome = FAILED
-    record.setdefault("method", enhancer.method)
     record["elapsed_s"] = round(time.perf_counter() - started, 4)
     record["created_at"] = _now()
     return {"source": source, "outcome": outcome, "record": record}

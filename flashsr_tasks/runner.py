@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from flashsr_tasks.enhancers import Enhancer, Resampler, load_enhancer
+from flashsr_tasks.enhancers import Resampler, load_enhancer, wants_model
+from flashsr_tasks.lazy import LazyEnhancer
 from flashsr_tasks.manifest import merge_records
 from flashsr_tasks.pipeline import Job, process_file
 
@@ -32,9 +33,8 @@ def run_in_process(
     processes: Optional[int] = None,
 ) -> list[Outcome]:
     """Process `sources` under the checked `root`, merge the records into the manifest once, return the outcomes."""
-    enhancer = load_enhancer(job.device, job.model_dir)
     outcomes: list[Outcome] = []
-    for outcome in _outcomes(root, sources, job, known, enhancer, processes):
+    for outcome in _outcomes(root, list(sources), job, known, processes or os.cpu_count() or 1):
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
@@ -42,13 +42,17 @@ def run_in_process(
     return outcomes
 
 
-def _outcomes(
-    root: Path, sources: Sequence[str], job: Job, known: dict[str, str], enhancer: Enhancer, processes: Optional[int]
-) -> Iterator[Outcome]:
-    processes = processes or os.cpu_count() or 1
-    if not isinstance(enhancer, Resampler) or processes < 2 or len(sources) < _MIN_FILES_FOR_POOL:
+def _outcomes(root: Path, sources: list[str], job: Job, known: dict[str, str], processes: int) -> Iterator[Outcome]:
+    if wants_model(job.device, job.model_dir):
+        # The model is loaded at the first file that needs it, and used here, file after file.
+        model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
+        while sources and not isinstance(model.loaded, Resampler):
+            source = sources.pop(0)
+            yield process_file(root, source, job, model, known.get(source))
+        # the model could not load: the rest is resampling, which a pool does best
+    if processes < 2 or len(sources) < _MIN_FILES_FOR_POOL:
         for source in sources:
-            yield process_file(root, source, job, enhancer, known.get(source))
+            yield process_file(root, source, job, Resampler, known.get(source))
         return
     tasks = [(source, known.get(source)) for source in sources]
     with multiprocessing.get_context(_start_method()).Pool(
@@ -64,9 +68,9 @@ def _start_method() -> str:
 
 
 def _init_pool(root: str, job: dict[str, Any]) -> None:
-    _pool_state.update(root=Path(root), job=Job.from_dict(job), enhancer=Resampler())
+    _pool_state.update(root=Path(root), job=Job.from_dict(job))
 
 
 def _pool_process(task: tuple[str, Optional[str]]) -> Outcome:
     source, known_sha256 = task
-    return process_file(_pool_state["root"], source, _pool_state["job"], _pool_state["enhancer"], known_sha256)
+    return process_file(_pool_state["root"], source, _pool_state["job"], Resampler, known_sha256)

@@ -17,12 +17,11 @@ from celery import signals
 
 from flashsr_tasks import config
 from flashsr_tasks.celery import CPU_QUEUE, ENHANCE_TASK, GPU_QUEUE, MERGE_TASK, app
+from flashsr_tasks.lazy import LazyEnhancer
 
 log = logging.getLogger(__name__)
 
 _serves_gpu = False
-_model_lock = threading.Lock()
-_model: Optional[Any] = None
 
 
 @signals.celeryd_init.connect
@@ -55,16 +54,16 @@ def _warn_if_redis_evicts(sender: Any = None, **_: Any) -> None:
         log.warning("Redis maxmemory-policy is %r; set it to 'noeviction' or queued tasks can be lost", policy)
 
 
-def gpu_enhancer() -> Any:
-    """This process's model, loaded once (the resampler when the model cannot load)."""
-    global _model
-    with _model_lock:
-        if _model is None:
-            from flashsr_tasks.enhancers import load_enhancer
+def _load_gpu_model() -> Any:
+    from flashsr_tasks.enhancers import load_enhancer
 
-            _model = load_enhancer(config.worker_device(), config.model_dir())
-            log.info("gpu worker ready: method=%s device=%s", _model.method, _model.device)
-        return _model
+    enhancer = load_enhancer(config.worker_device(), config.model_dir())
+    log.info("gpu worker ready: method=%s device=%s", enhancer.method, enhancer.device)
+    return enhancer
+
+
+# This process's model, loaded once (the resampler when the model cannot load).
+gpu_enhancer = LazyEnhancer(_load_gpu_model)
 
 
 def _enhance(job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any) -> dict[str, Any]:

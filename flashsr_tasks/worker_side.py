@@ -22,7 +22,7 @@ def enhance_one(
         root = check_root(Path(job.root))
     except PathRefused as exc:
         return refused_outcome(source, str(exc))
-    outcome = process_file(root, source, job, enhancer_for(), known_sha256)
+    outcome = process_file(root, source, job, enhancer_for, known_sha256)
     if outcome["record"] is not None:
         # Merged now, not only by the chord callback: a chord whose counting is upset by a
         # redelivered duplicate, or whose member hit a hard time limit, still loses no record.

@@ -16,7 +16,7 @@ JOB = Job(root="", device="cpu")
 
 
 def run(root: Path, source: str, job: Job = JOB, known=None) -> dict:
-    return process_file(root.resolve(), source, job, Resampler(), known)
+    return process_file(root.resolve(), source, job, Resampler, known)
 
 
 @pytest.mark.parametrize(
@@ -179,6 +179,6 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path):
             out[10] = np.inf
             return out
 
-    outcome = process_file(tmp_path.resolve(), "a.wav", JOB, Exploding())
+    outcome = process_file(tmp_path.resolve(), "a.wav", JOB, Exploding)
     assert outcome["outcome"] == FAILED and "non-finite" in outcome["record"]["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
