@@ -1,0 +1,110 @@
+"""Run a fixed-length model over audio of any length: overlapping windows, cross-faded.
+
+FlashSR takes exactly `WINDOW` samples per row. Like demucs' `apply_model`, longer audio is
+cut into overlapping windows, every channel of every window is one batch row, and the
+model's outputs are blended back with a cross-fade. numpy only: no torch here, so the
+arithmetic is testable (and usable) without the model.
+
+Layout: windows start every `window - overlap` samples; the last one is aligned with the
+end of the audio (so every window holds real audio, never a padded tail), and audio
+shorter than one window is zero-padded and the output trimmed.
+
+Cross-fade: windows are applied in order. Where window k overlaps what is already
+written, the output becomes `out + w * (y - out)` with `w` rising from ~0 to ~1 across
+the overlap (half a raised cosine). The weights of old and new content are `1 - w` and
+`w`, summing to one everywhere by construction; when old and new agree the output is
+unchanged bit for bit, so an identity model reconstructs its input exactly. Both windows'
+edge samples get a weight near zero, which hides the edge artefacts of each window.
+
+Memory: windows are cut from the input one batch at a time and accumulated straight
+into the output, so beyond the input and output arrays only one batch is held.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+
+WINDOW = 245_760          # FlashSR's fixed input: 5.12 s at 48 kHz
+DEFAULT_OVERLAP = WINDOW // 4  # demucs' default overlap (a quarter window, 1.28 s here)
+
+ProcessBatch = Callable[[np.ndarray], np.ndarray]
+
+
+def window_starts(frames: int, window: int = WINDOW, overlap: int = DEFAULT_OVERLAP) -> list[int]:
+    """Start offsets covering `frames` samples: regular steps, the last window flush with the end."""
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window): got overlap={overlap}, window={window}")
+    if frames <= window:
+        return [0]
+    stride = window - overlap
+    return list(range(0, frames - window, stride)) + [frames - window]
+
+
+def fade_in(length: int) -> np.ndarray:
+    """Half a raised cosine over `length` samples, strictly inside (0, 1), symmetric: w[i] + w[-1-i] == 1."""
+    t = (np.arange(length, dtype=np.float64) + 0.5) / length
+    return (0.5 - 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+def _rows(audio: np.ndarray, starts: list[int], window: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(window index, channel, one zero-padded window of that channel), window by window."""
+    frames, channels = audio.shape
+    for k, start in enumerate(starts):
+        piece = audio[start:start + window]
+        for c in range(channels):
+            row = np.zeros(window, dtype=np.float32)
+            row[:piece.shape[0]] = piece[:, c]
+            yield k, c, row
+
+
+def apply_windowed(
+    process_batch: ProcessBatch,
+    audio: np.ndarray,
+    window: int = WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Apply `process_batch` (float32 `[rows, window]` → same shape) to `audio` `[frames, channels]`.
+
+    Returns float32 `[frames, channels]`. `process_batch` never gets more than `batch_size` rows;
+    rows are (window, channel) pairs in time order, so a batch mixes channels and windows.
+    """
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be [frames, channels], got shape {audio.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    frames, channels = audio.shape
+    out = np.zeros((frames, channels), dtype=np.float32)
+    if frames == 0 or channels == 0:
+        return out
+    starts = window_starts(frames, window, overlap)
+    ends = [min(s + window, frames) for s in starts]
+
+    def blend(k: int, c: int, y: np.ndarray) -> None:
+        start, end = starts[k], ends[k]
+        # Samples already written by earlier windows: cross-fade into them; the rest is new.
+        shared = ends[k - 1] - start if k > 0 else 0
+        if shared > 0:
+            old = out[start:start + shared, c]
+            old += fade_in(shared) * (y[:shared] - old)
+        out[start + shared:end, c] = y[shared:end - start]
+
+    batch: list[tuple[int, int, np.ndarray]] = []
+
+    def flush() -> None:
+        x = np.stack([row for _, _, row in batch])
+        y = np.asarray(process_batch(x))
+        if y.shape != x.shape:
+            raise ValueError(f"process_batch returned shape {y.shape} for input {x.shape}")
+        for (k, c, _), y_row in zip(batch, y.astype(np.float32, copy=False)):
+            blend(k, c, y_row)
+        batch.clear()
+
+    for item in _rows(audio, starts, window):
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return out
