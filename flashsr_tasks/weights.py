@@ -1,0 +1,239 @@
+"""Where FlashSR's three checkpoints come from: a given folder, else one Hub download into the cache.
+
+Order: `model_dir` argument → env `FLASHSR_MODEL_DIR` → the Hugging Face dataset repo
+`FLASHSR_WEIGHTS_REPO` at `FLASHSR_WEIGHTS_REVISION`, fetched once into `FLASHSR_CACHE_DIR`
+(only the three files). A cached snapshot is used without touching the network; a download
+runs under a file lock, so two workers starting together download once. Every failure
+(offline, unreachable, gated/401, missing files, huggingface_hub not installed) becomes
+`ModelUnavailable` with one sentence saying what to do; nothing here retries in a loop.
+
+torch-free, and huggingface_hub is imported only when a download is actually needed, so a
+cpu worker can import this module with neither installed.
+
+`flashsr-download` (`main`) fetches the weights ahead of time, for images and air-gapped hosts.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("student_ldm.pth", "sr_vocoder.pth", "vae.pth")
+DEFAULT_REPO = "jakeoneijk/FlashSR_weights"
+# No commit hash of the dataset repo could be verified from here (no network), so the default
+# follows the branch; the record's label still names the exact commit that was downloaded.
+# Set FLASHSR_WEIGHTS_REVISION to a 40-hex commit to pin it (a commit also skips one Hub request).
+DEFAULT_REVISION = "main"
+DEFAULT_CACHE_DIR = ".cache/flashsr_weights"
+LOCK_TIMEOUT_S = 3600.0   # a first download is ~3.3 GB; a second worker waits for it, not forever
+ETAG_TIMEOUT_S = 10.0     # per metadata request; the Hub client does not retry refused connections
+
+_WHAT_TO_DO = (
+    "pass --model_dir or set FLASHSR_MODEL_DIR to a folder holding student_ldm.pth, sr_vocoder.pth "
+    "and vae.pth (flashsr-download --local-dir DIR fetches them on a connected host)"
+)
+
+
+class ModelUnavailable(Exception):
+    """The FlashSR model cannot be used here; the message is one sentence saying what to do."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    folder: Path   # holds the three files
+    label: str     # for the manifest: "repo@commit" or the model folder's name, never a path
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+
+def _env_true(name: str) -> bool:
+    # The same truthy values huggingface_hub accepts for HF_HUB_OFFLINE.
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _missing(folder: Path) -> list[str]:
+    return [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+
+
+def weights_in_folder(folder: str | os.PathLike[str]) -> Weights:
+    """A model folder given by the user; its label is the folder's name."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ModelUnavailable(f"the FlashSR model folder {folder} does not exist: {_WHAT_TO_DO}")
+    missing = _missing(path)
+    if missing:
+        raise ModelUnavailable(
+            f"the FlashSR model folder {folder} lacks {', '.join(missing)}: {_WHAT_TO_DO}")
+    return Weights(folder=path, label=path.resolve().name)
+
+
+def hub_settings(repo: Optional[str] = None, revision: Optional[str] = None,
+                 cache_dir: Optional[str] = None) -> tuple[str, str, Path]:
+    """Repo, revision and cache folder: arguments, else the environment, else the defaults."""
+    return (repo or os.environ.get("FLASHSR_WEIGHTS_REPO") or DEFAULT_REPO,
+            revision or os.environ.get("FLASHSR_WEIGHTS_REVISION") or DEFAULT_REVISION,
+            Path(cache_dir or os.environ.get("FLASHSR_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser())
+
+
+def locate_weights(model_dir: Optional[str] = None) -> Weights:
+    """The weights to load: `model_dir`, else `FLASHSR_MODEL_DIR`, else the Hub cache (downloading once)."""
+    folder = model_dir or os.environ.get("FLASHSR_MODEL_DIR")
+    if folder:
+        return weights_in_folder(folder)
+    return download_weights()
+
+
+def download_weights(repo: Optional[str] = None, revision: Optional[str] = None,
+                     cache_dir: Optional[str] = None, local_dir: Optional[str] = None) -> Weights:
+    """The three files of `repo@revision` from the cache, downloading them first if needed.
+
+    With `local_dir`, the files are placed in that plain folder (for `--model_dir`) instead of
+    the Hub cache layout under `cache_dir`.
+    """
+    repo, revision, cache = hub_settings(repo, revision, cache_dir)
+    try:
+        import huggingface_hub  # noqa: F401  (lazy: cpu workers need not have it)
+        from filelock import FileLock, Timeout
+    except ImportError as exc:
+        raise ModelUnavailable(
+            f"downloading the FlashSR weights needs huggingface_hub ({exc}): install the 'model' extra, "
+            f"or {_WHAT_TO_DO}") from None
+
+    # A complete snapshot already on disk needs no network (and no lock).
+    found = _from_cache(repo, revision, cache, local_dir)
+    if found is not None:
+        return found
+    if _env_true("HF_HUB_OFFLINE"):
+        raise ModelUnavailable(
+            f"the FlashSR weights ({repo}@{revision}) are not in the cache (FLASHSR_CACHE_DIR) and "
+            f"HF_HUB_OFFLINE is set: {_WHAT_TO_DO}")
+
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cache / ".flashsr_download.lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            # Another process may have finished the download while this one waited.
+            found = _from_cache(repo, revision, cache, local_dir)
+            if found is not None:
+                return found
+            log.info("downloading the FlashSR weights from %s@%s (about 3.3 GB)", repo, revision)
+            return _download(repo, revision, cache, local_dir)
+    except Timeout:
+        raise ModelUnavailable(
+            f"another process has held the FlashSR download lock for over {LOCK_TIMEOUT_S:.0f} s: "
+            f"remove {cache / '.flashsr_download.lock'} if no download is running, or {_WHAT_TO_DO}") from None
+
+
+def _snapshot(repo: str, revision: str, cache: Path, local_dir: Optional[str], offline: bool) -> Weights:
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(
+        repo_id=repo, repo_type="dataset", revision=revision,
+        cache_dir=str(cache), local_dir=local_dir, allow_patterns=list(WEIGHT_FILES),
+        local_files_only=offline, etag_timeout=ETAG_TIMEOUT_S,
+        # HF_ENDPOINT is read when huggingface_hub is imported; read it again so it can change later.
+        endpoint=os.environ.get("HF_ENDPOINT") or None,
+    ))
+    missing = _missing(folder)
+    if missing:
+        raise ModelUnavailable(
+            f"{repo}@{revision} has no {', '.join(missing)}: check FLASHSR_WEIGHTS_REPO and "
+            f"FLASHSR_WEIGHTS_REVISION, or {_WHAT_TO_DO}")
+    # In the cache layout the snapshot folder is named after the commit: the exact revision used.
+    commit = folder.name if local_dir is None else revision
+    return Weights(folder=folder, label=f"{repo}@{commit}")
+
+
+def _from_cache(repo: str, revision: str, cache: Path, local_dir: Optional[str]) -> Optional[Weights]:
+    if local_dir is not None:
+        try:
+            return weights_in_folder(local_dir)
+        except ModelUnavailable:
+            return None
+    try:
+        return _snapshot(repo, revision, cache, None, offline=True)
+    except Exception:  # not (completely) cached: LocalEntryNotFoundError, IncompleteSnapshotError, …
+        return None
+
+
+def _download(repo: str, revision: str, cache: Path, local_dir: Optional[str]) -> Weights:
+    from huggingface_hub import errors
+
+    try:
+        return _snapshot(repo, revision, cache, local_dir, offline=False)
+    except ModelUnavailable:
+        raise
+    except errors.GatedRepoError:
+        raise ModelUnavailable(
+            f"{repo} is gated and this host is not authorised: set HF_TOKEN to a token of an account "
+            f"that accepted its terms, or {_WHAT_TO_DO}") from None
+    except errors.RepositoryNotFoundError:
+        raise ModelUnavailable(
+            f"{repo} was not found or refused access (401): check FLASHSR_WEIGHTS_REPO, set HF_TOKEN, "
+            f"or {_WHAT_TO_DO}") from None
+    except errors.RevisionNotFoundError:
+        raise ModelUnavailable(
+            f"{repo} has no revision {revision}: check FLASHSR_WEIGHTS_REVISION, or {_WHAT_TO_DO}") from None
+    except errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        hint = "set HF_TOKEN, " if status in (401, 403) else ""
+        raise ModelUnavailable(
+            f"the Hub refused the FlashSR weights download ({repo}@{revision}, HTTP {status}): "
+            f"{hint}{_WHAT_TO_DO}") from None
+    except (errors.LocalEntryNotFoundError, OSError) as exc:
+        # No network, DNS failure, refused connection, timeout, Hub down, or a full disk.
+        cause = exc.__cause__ or exc
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if status:
+            why = f"the Hub answered HTTP {status}"
+        elif isinstance(cause, OSError) and cause.errno:  # e.g. no space left in the cache
+            why = f"{cause.strerror} in {cache}"
+        else:
+            why = f"{type(cause).__name__}: no network?"
+        raise ModelUnavailable(
+            f"the FlashSR weights could not be downloaded from {repo}@{revision} ({why}): "
+            f"{_WHAT_TO_DO}") from None
+    except Exception as exc:  # anything else from the client: still one sentence, never a crash
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelUnavailable(
+            f"the FlashSR weights download from {repo}@{revision} failed ({type(exc).__name__}: {first_line}): "
+            f"{_WHAT_TO_DO}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`flashsr-download`: fetch the FlashSR weights ahead of time."""
+    parser = argparse.ArgumentParser(
+        prog="flashsr-download",
+        description="Download FlashSR's weights (student_ldm.pth, sr_vocoder.pth, vae.pth) ahead of "
+                    "time, for images and air-gapped hosts. Without --local-dir they go into the cache "
+                    "that workers use when no --model_dir is given. Prints the folder holding them.",
+    )
+    parser.add_argument("--cache-dir", default=None,
+                        help=f"download cache (default: env FLASHSR_CACHE_DIR, else {DEFAULT_CACHE_DIR})")
+    parser.add_argument("--local-dir", default=None,
+                        help="put the three files in this plain folder instead, for --model_dir / FLASHSR_MODEL_DIR")
+    parser.add_argument("--repo", default=None,
+                        help=f"Hugging Face dataset repo (default: env FLASHSR_WEIGHTS_REPO, else {DEFAULT_REPO})")
+    parser.add_argument("--revision", default=None,
+                        help=f"branch, tag or commit (default: env FLASHSR_WEIGHTS_REVISION, else {DEFAULT_REVISION})")
+    args = parser.parse_args(argv)  # exits 2 on a usage error
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        weights = download_weights(args.repo, args.revision, args.cache_dir, args.local_dir)
+    except ModelUnavailable as exc:
+        print(f"flashsr-download: {exc}", file=sys.stderr)
+        return 1
+    print(weights.folder)
+    print(f"flashsr-download: weights ready ({weights.label})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
