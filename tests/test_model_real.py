@@ -1,0 +1,130 @@
+"""The real FlashSR library path, in-process on the CPU, with random weights of the real architecture.
+
+Slow: one 5.12 s window takes minutes on a CPU and loading ~30 s, so the whole file runs
+one forward pass (two rows: a stereo second) and two loads. Deselect with -m 'not model'.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from flashsr_tasks.weights import ModelUnavailable
+from tests.model_fixtures import model_extra_missing, random_model_dir  # noqa: F401  (fixture)
+
+torch = pytest.importorskip("torch")
+if model_extra_missing():
+    pytest.skip(model_extra_missing(), allow_module_level=True)
+
+from flashsr_tasks.model import FlashSREnhancer, load_flashsr  # noqa: E402  (needs torch)
+
+
+def speech_like(seconds: float, rate: int, f0: float, seed: int) -> np.ndarray:
+    """Voiced harmonics with a wobbling pitch and a syllable envelope, plus a little noise."""
+    t = np.arange(int(seconds * rate)) / rate
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20) if k * f0 < rate / 2)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+    noise = np.random.default_rng(seed).normal(0, 0.05, t.shape)
+    return (0.3 * envelope * voiced / 2 + noise).astype(np.float32)
+
+
+@pytest.mark.model
+def test_cuda_without_a_gpu_warns_and_uses_the_cpu(random_model_dir: Path, caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("FLASHSR_BATCH_SIZE", "3")
+    monkeypatch.setenv("FLASHSR_LOWPASS_INPUT", "0")
+    monkeypatch.setenv("FLASHSR_AUTOCAST", "bf16")
+    with caplog.at_level(logging.WARNING):
+        enhancer = load_flashsr(device="cuda", model_dir=str(random_model_dir))
+    try:
+        assert enhancer.device == "cpu" and enhancer.method == "flashsr"
+        assert enhancer.model == random_model_dir.name  # the folder's name, never its path
+        cuda_warnings = [r for r in caplog.records if "no CUDA GPU" in r.getMessage()]
+        assert len(cuda_warnings) == 1
+        # Settings a user can see, from the environment; autocast is CUDA-only.
+        assert (enhancer.batch_size, enhancer.lowpass_input, enhancer.autocast) == (3, False, "off")
+    finally:
+        del enhancer
+        gc.collect()
+
+
+@pytest.fixture(scope="module")
+def cpu_model(random_model_dir: Path) -> Iterator[FlashSREnhancer]:
+    enhancer = load_flashsr(device="cpu", model_dir=str(random_model_dir), batch_size=2)
+    yield enhancer
+    del enhancer
+    gc.collect()
+
+
+@pytest.mark.model
+def test_stereo_8k_second_through_the_real_model(cpu_model: FlashSREnhancer, random_model_dir: Path) -> None:
+    rate = 8000
+    audio = np.stack([speech_like(1.0, rate, 140, seed=1), speech_like(1.0, rate, 210, seed=2)], axis=1)
+    assert cpu_model.lowpass_input  # the default: the library's own input low-pass, per window
+    out = cpu_model.enhance(audio, rate)  # one window per channel: one batch of two rows
+    assert out.shape == (48000, 2) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert np.abs(out).max() > 0
+    assert not np.array_equal(out[:, 0], out[:, 1])  # the channels stay apart
+    assert (cpu_model.method, cpu_model.device, cpu_model.model) == ("flashsr", "cpu", random_model_dir.name)
+
+
+@pytest.mark.model
+def test_a_bad_checkpoint_is_model_unavailable(tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):
+        (folder / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailable) as err:
+        load_flashsr(device="cpu", model_dir=str(folder))
+    message = str(err.value)
+    assert "could not be loaded" in message and "broken" in message and "\n" not in message
+
+
+def test_without_the_library_loading_is_model_unavailable() -> None:
+    code = ("import sys; sys.modules['FlashSR'] = None\n"
+            "from flashsr_tasks.model import load_flashsr, ModelUnavailable\n"
+            "try:\n    load_flashsr(device='cpu', model_dir='/nonexistent')\n"
+            "except ModelUnavailable as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "cannot be imported" in done.stdout and "flashsr[model]" in done.stdout
+
+
+def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path) -> None:
+    """Upstream's FlashSR(student, vocoder, vae) and PyPI's FlashSR(…, device): both are built with
+    every torch.load forced onto the CPU and to tensors only, whatever the library passes."""
+    from flashsr_tasks.model import _build
+    from flashsr_tasks.weights import weights_in_folder
+
+    for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):
+        torch.save({"w": torch.ones(2)}, tmp_path / name)
+
+    class Upstream:
+        def __init__(self, student: str, vocoder: str, vae: str, model_output_type: str = "v_prediction") -> None:
+            self.loaded = [torch.load(student), torch.load(vocoder, map_location="cuda"), torch.load(vae)]
+
+    class PyPI(Upstream):
+        def __init__(self, student: str, vocoder: str, vae: str, device: str, **kwargs: object) -> None:
+            super().__init__(student, vocoder, vae)
+            self.device = device
+
+    weights = weights_in_folder(tmp_path)
+    for cls in (Upstream, PyPI):
+        built = _build(cls, weights)
+        assert all(sd["w"].device.type == "cpu" for sd in built.loaded)  # map_location="cuda" overridden
+    assert built.device == "cpu"
+    assert torch.load is not None and torch.load.__name__ == "load"  # restored afterwards
+
+    torch.save({"not": "tensors", "obj": Path("x")}, tmp_path / "student_ldm.pth")  # a pickled object
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        _build(Upstream, weights)
