@@ -217,3 +217,15 @@ def test_flashsr_extension_api_in_process(tmp_path):
     summary = FlashSRExtension(output_root=root, device="cpu", progress=False).run(on_outcome=seen.append)
     assert summary.ok and summary.enhanced == 4 and summary.methods == {"resample": 4}
     assert len(seen) == 6 and summary.mode == "in-process"
+
+
+def test_no_weights_and_no_network_resample_with_one_warning(tmp_path):
+    """The default --device cuda on a host with neither a GPU nor reachable weights."""
+    root = stage_folder(tmp_path / "stage")
+    result = enhance("--input", str(root), "--json",
+                     env={"HF_HUB_OFFLINE": "1", "FLASHSR_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["methods"] == {"resample": 4}
+    assert result.stderr.count("FlashSR model unavailable") == 1
+    assert "FLASHSR_MODEL_DIR" in result.stderr and "Traceback" not in result.stderr
+    assert all(r["method"] == "resample" for r in manifest(root)["enhancements"])
