@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from flashsr_tasks.audio import AudioError, fit_full_scale, output_subtype, read_source, sha256_of, write_output
+from flashsr_tasks.audio import AudioError, fit_full_scale, output_subtype, peak_of, read_source, sha256_of, write_output
 from flashsr_tasks.enhancers import Enhancer
 from flashsr_tasks.manifest import RECORD_TYPE
 from flashsr_tasks.paths import PathRefused, output_path_for, relative_posix, resolve_source
@@ -80,9 +80,10 @@ def process_file(
         record["method"] = enhancer.method
         out = enhancer.enhance(src.audio, src.rate)
         del src.audio  # the largest temporary; free it before writing
-        if not math.isfinite(float(out.sum(dtype="float64"))):
+        peak = peak_of(out)
+        if not math.isfinite(peak):
             raise AudioError(f"gave non-finite samples after {enhancer.method}")
-        gain = fit_full_scale(out)
+        gain = fit_full_scale(out, peak)
         write_output(output_path, out, OUTPUT_RATE, output_subtype(src.subtype))
         record.update(
             status="ok",

@@ -5,6 +5,7 @@ and owns its device, so it runs in this process, one file after another.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 from pathlib import Path
@@ -68,7 +69,19 @@ def _start_method() -> str:
 
 
 def _init_pool(root: str, job: dict[str, Any]) -> None:
+    _keep_freed_memory()
     _pool_state.update(root=Path(root), job=Job.from_dict(job))
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed buffers for the next file instead of returning them to the kernel:
+    each file's arrays are the same size, and re-faulting their pages costs more than the work."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-1, 1 << 28)  # M_TRIM_THRESHOLD: 256 MiB
+        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
+    except (OSError, AttributeError):
+        pass  # not glibc: the defaults stay
 
 
 def _pool_process(task: tuple[str, Optional[str]]) -> Outcome:
