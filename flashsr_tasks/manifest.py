@@ -11,8 +11,6 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from filelock import FileLock
-
 from flashsr_tasks.atomic import atomic_path
 
 MANIFEST_NAME = "manifest.json"
@@ -73,6 +71,8 @@ def merge_records(root: Path, records: Iterable[dict[str, Any]], durable: bool =
     if not incoming:
         return 0
     count = len(incoming)
+    from filelock import FileLock  # here, not at import: 20 ms of every command's start-up
+
     root = Path(root)
     with FileLock(str(root / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
         manifest = read_manifest(root)
