@@ -1,6 +1,7 @@
 """The stage's manifest.json: one record per source, merged under a lock, replaced atomically.
 
-Every writer (the in-process runner, each Celery task, the chord callback) goes through
+Every writer (the in-process runner, the chord callback, an orchestrator whose chord broke)
+goes through
 `merge_records`, so concurrent runs on one root serialise on the same lock file and a
 reader never sees half-written JSON.
 """
@@ -55,13 +56,12 @@ def ok_hashes(manifest: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def merge_records(root: Path, records: Iterable[dict[str, Any]], durable: bool = True) -> int:
+def merge_records(root: Path, records: Iterable[dict[str, Any]]) -> int:
     """Insert or replace this stage's records (keyed by source) and keep everything else.
 
     Records whose source is not a relative path inside the root are left out. Returns the
     number of records merged. Duplicates of one source in `records` collapse
-    to the last one, so a task delivered twice still leaves one record. `durable=False`
-    skips the fsync (the rename is still atomic): for a merge that a later durable one repeats.
+    to the last one, so a task delivered twice still leaves one record.
     """
     incoming: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -87,7 +87,7 @@ def merge_records(root: Path, records: Iterable[dict[str, Any]], durable: bool =
                 merged.append(record)
         merged.extend(sorted(incoming.values(), key=lambda r: r["source"]))
         manifest["enhancements"] = merged
-        _replace_json(manifest_path(root), manifest, durable)
+        _replace_json(manifest_path(root), manifest)
     return count
 
 
@@ -96,13 +96,12 @@ def _is_inside_relative(source: str) -> bool:
     return bool(parts) and not source.startswith("/") and ".." not in parts and "\\" not in source
 
 
-def _replace_json(path: Path, content: dict[str, Any], durable: bool) -> None:
+def _replace_json(path: Path, content: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(_dumps(content))
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _dumps(content: dict[str, Any]) -> str:

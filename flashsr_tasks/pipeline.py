@@ -113,9 +113,10 @@ def process_file(
     return {"source": source, "outcome": outcome, "record": record}
 
 
-def refused_outcome(source: str, reason: str) -> dict[str, Any]:
-    """A failed outcome for a source that was never touched (its job's root was refused)."""
-    record = {"type": RECORD_TYPE, "source": source, "status": "failed", "error": f"{source} refused: {reason}."}
+def refused_outcome(source: str, reason: str, prefix: str = "refused: ") -> dict[str, Any]:
+    """A failed outcome for a source whose per-file work never ran or never returned (its job's
+    root was refused; its task died)."""
+    record = {"type": RECORD_TYPE, "source": source, "status": "failed", "error": f"{source} {prefix}{reason}."}
     record["created_at"] = _now()
     return {"source": source, "outcome": FAILED, "record": record}
 

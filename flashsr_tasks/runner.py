@@ -5,7 +5,6 @@ and owns its device, so it runs in this process, one file after another.
 """
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from flashsr_tasks.enhancers import Resampler, load_enhancer, wants_model
 from flashsr_tasks.lazy import LazyEnhancer
 from flashsr_tasks.manifest import merge_records
+from flashsr_tasks.memory import keep_freed_memory
 from flashsr_tasks.pipeline import Job, process_file
 
 Outcome = dict[str, Any]
@@ -69,19 +69,8 @@ def _start_method() -> str:
 
 
 def _init_pool(root: str, job: dict[str, Any]) -> None:
-    _keep_freed_memory()
+    keep_freed_memory()
     _pool_state.update(root=Path(root), job=Job.from_dict(job))
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep freed buffers for the next file instead of returning them to the kernel:
-    each file's arrays are the same size, and re-faulting their pages costs more than the work."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-1, 1 << 28)  # M_TRIM_THRESHOLD: 256 MiB
-        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
-    except (OSError, AttributeError):
-        pass  # not glibc: the defaults stay
 
 
 def _pool_process(task: tuple[str, Optional[str]]) -> Outcome:

@@ -36,9 +36,13 @@ def _note_queues(conf: Any = None, options: Optional[dict] = None, **_: Any) -> 
 
 
 @signals.worker_process_init.connect
-def _preload_model(**_: Any) -> None:
+def _prepare_pool_process(**_: Any) -> None:
     if _serves_gpu:
         threading.Thread(target=gpu_enhancer, name="flashsr-model-load", daemon=True).start()
+    else:
+        from flashsr_tasks.memory import keep_freed_memory
+
+        keep_freed_memory()
 
 
 @signals.worker_ready.connect

@@ -1,5 +1,5 @@
-"""What a task does around the per-file pipeline: check the message's root, process, make
-the record durable. Kept out of tasks.py so that module
+"""What the tasks do around the per-file pipeline: check the message's root, process; merge
+the chord's records. Kept out of tasks.py so that module
 (imported by every worker's main process) stays free of numpy."""
 from __future__ import annotations
 
@@ -22,13 +22,7 @@ def enhance_one(
         root = check_root(Path(job.root))
     except PathRefused as exc:
         return refused_outcome(source, str(exc))
-    outcome = process_file(root, source, job, enhancer_for, known_sha256)
-    if outcome["record"] is not None:
-        # Merged now, not only by the chord callback: a chord whose counting is upset by a
-        # redelivered duplicate, or whose member hit a hard time limit, still loses no record.
-        # Not fsynced: the callback's merge repeats it durably.
-        merge_records(root, [outcome["record"]], durable=False)
-    return outcome
+    return process_file(root, source, job, enhancer_for, known_sha256)
 
 
 def merge_outcomes(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:

@@ -7,8 +7,10 @@ chord callback, so a stack with only one kind of worker completes.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from flashsr_tasks.manifest import merge_records
 from flashsr_tasks.pipeline import Job
 
 def queue_for(device: str) -> str:
@@ -45,7 +47,17 @@ def run_distributed(
     try:
         if not wait:
             return result.id
-        _follow(result, dict(zip((m.id for m in result.parent.results), sources)), on_outcome, timeout_s)
+        records: list[dict[str, Any]] = []
+
+        def collect(outcome: dict[str, Any]) -> None:
+            if outcome.get("record"):
+                records.append(outcome["record"])
+            on_outcome(outcome)
+
+        if not _follow(result, dict(zip((m.id for m in result.parent.results), sources)), collect, timeout_s):
+            # A member raised (a hard time limit), so the callback will not run: merge here what
+            # the other members returned, as it would have.
+            merge_records(Path(job.root), records)
         return None
     finally:
         # The Redis result backend subscribes to every sent task's result channel and would
@@ -58,9 +70,9 @@ def run_distributed(
 
 def _follow(
     result: Any, sources: dict[str, str], on_outcome: Callable[[dict[str, Any]], None], timeout_s: Optional[float]
-) -> None:
+) -> bool:
     """Report each member's outcome as it arrives (pushed by the result backend, not polled),
-    then wait for the callback's merge."""
+    then wait for the callback's merge. False when a member raised and the callback will not run."""
     started = time.monotonic()
 
     def arrived(task_id: str, value: Any) -> None:
@@ -68,13 +80,14 @@ def _follow(
 
     result.parent.join_native(timeout=timeout_s, propagate=False, callback=arrived)
     remaining = None if timeout_s is None else max(1.0, timeout_s - (time.monotonic() - started))
-    # A member that raised (a hard time limit) stops the callback; its siblings' records are
-    # in the manifest anyway, because each task merges its own.
-    if not any(m.failed() for m in result.parent.results):
-        result.get(timeout=remaining, propagate=False)
+    if any(m.failed() for m in result.parent.results):
+        return False
+    result.get(timeout=remaining, propagate=False)
+    return True
 
 
 def _lost(source: str, error: Any) -> dict[str, Any]:
     """A member that raised instead of returning a record: still an outcome for the summary."""
-    message = f"{source} failed on its worker ({type(error).__name__}: {error})."
-    return {"source": source, "outcome": "failed", "record": {"status": "failed", "error": message}}
+    from flashsr_tasks.pipeline import refused_outcome
+
+    return refused_outcome(source, f"failed on its worker ({type(error).__name__}: {error})", prefix="")

@@ -155,3 +155,21 @@ def test_empty_and_bad_inputs() -> None:
         apply_windowed(lambda b: b[:, :-1], noise(10, 1), window=W)
     with pytest.raises(ValueError):
         apply_windowed(identity, noise(10, 1), window=W, batch_size=0)
+
+
+def test_a_thirty_minute_call_needs_little_beyond_its_output() -> None:
+    """Memory does not grow with length beyond the output: windows stream in bounded batches."""
+    import tracemalloc
+
+    frames = 30 * 60 * 48_000
+    audio = np.random.default_rng(0).standard_normal((frames, 1), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        out = apply_windowed(lambda x: x, audio, batch_size=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    output_bytes = out.nbytes
+    assert np.array_equal(out, audio)
+    # the output plus a few batches of windows, not a copy of every window
+    assert peak < output_bytes + 16 * WINDOW * 4, (peak - output_bytes) / 2**20
