@@ -113,10 +113,10 @@ def process_file(
     return {"source": source, "outcome": outcome, "record": record}
 
 
-def refused_outcome(source: str, reason: str, prefix: str = "refused: ") -> dict[str, Any]:
+def failed_outcome(source: str, what_happened: str) -> dict[str, Any]:
     """A failed outcome for a source whose per-file work never ran or never returned (its job's
     root was refused; its task died)."""
-    record = {"type": RECORD_TYPE, "source": source, "status": "failed", "error": f"{source} {prefix}{reason}."}
+    record = {"type": RECORD_TYPE, "source": source, "status": "failed", "error": f"{source} {what_happened}."}
     record["created_at"] = _now()
     return {"source": source, "outcome": FAILED, "record": record}
 

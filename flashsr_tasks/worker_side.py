@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 from flashsr_tasks.enhancers import Enhancer
 from flashsr_tasks.manifest import merge_records
 from flashsr_tasks.paths import PathRefused, check_root
-from flashsr_tasks.pipeline import Job, process_file, refused_outcome
+from flashsr_tasks.pipeline import Job, process_file, failed_outcome
 
 
 def enhance_one(
@@ -21,7 +21,7 @@ def enhance_one(
     try:
         root = check_root(Path(job.root))
     except PathRefused as exc:
-        return refused_outcome(source, str(exc))
+        return failed_outcome(source, f"refused: {exc}")
     return process_file(root, source, job, enhancer_for, known_sha256)
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from flashsr_tasks.manifest import merge_records
-from flashsr_tasks.pipeline import Job
+from flashsr_tasks.pipeline import Job, failed_outcome
+
 
 def queue_for(device: str) -> str:
     from flashsr_tasks.celery import CPU_QUEUE, GPU_QUEUE
@@ -37,6 +38,7 @@ def run_distributed(
     if not sources:
         return None
     app = make_app(broker)
+    _check_reachable(app, broker)
     queue = queue_for(job.device)
     header = [app.signature(ENHANCE_TASK[queue], args=(job.to_dict(), s, known.get(s)), queue=queue) for s in sources]
     callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue)
@@ -68,6 +70,21 @@ def run_distributed(
         app.close()
 
 
+def _check_reachable(app: Any, broker: str) -> None:
+    """Fail in seconds with one sentence, before Celery's own retry loops (20 s of log lines)."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.5, timeout=5)
+        client = getattr(app.backend, "client", None)  # the Redis result backend
+        if client is not None:
+            client.ping()
+    except Exception as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConnectionError(f"cannot reach the broker at {maybe_sanitize_url(broker)} ({detail})") from None
+
+
 def _follow(
     result: Any, sources: dict[str, str], on_outcome: Callable[[dict[str, Any]], None], timeout_s: Optional[float]
 ) -> bool:
@@ -87,7 +104,5 @@ def _follow(
 
 
 def _lost(source: str, error: Any) -> dict[str, Any]:
-    """A member that raised instead of returning a record: still an outcome for the summary."""
-    from flashsr_tasks.pipeline import refused_outcome
-
-    return refused_outcome(source, f"failed on its worker ({type(error).__name__}: {error})", prefix="")
+    """A member that raised instead of returning a record: still an outcome and a record."""
+    return failed_outcome(source, f"failed on its worker ({type(error).__name__}: {error})")

@@ -229,3 +229,18 @@ def test_no_weights_and_no_network_resample_with_one_warning(tmp_path):
     assert result.stderr.count("FlashSR model unavailable") == 1
     assert "FLASHSR_MODEL_DIR" in result.stderr and "Traceback" not in result.stderr
     assert all(r["method"] == "resample" for r in manifest(root)["enhancements"])
+
+
+def test_an_unreachable_broker_fails_fast_with_one_sentence(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = stage_folder(tmp_path / "stage")
+    started = time.monotonic()
+    result = enhance("--input", str(root), "--device", "cpu", "--broker", f"redis://:s3cret@127.0.0.1:{port}/0")
+    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert "cannot reach the broker" in result.stderr and "s3cret" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (root / "manifest.json").exists()
