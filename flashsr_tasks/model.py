@@ -234,6 +234,9 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
     Arguments left as None come from the environment (see the module docstring). Raises
     `ModelUnavailable` (one sentence) when the library, the weights or the device cannot be used.
     """
+    # Weights first: when they are missing, say so before seconds of library imports and
+    # before a device warning that would not matter.
+    weights = locate_weights(model_dir)
     torch_device = resolve_device(device)
     batch_size = batch_size or _env_int("FLASHSR_BATCH_SIZE", 4 if torch_device.type == "cuda" else 1)
     lowpass_input = _env_bool("FLASHSR_LOWPASS_INPUT", True) if lowpass_input is None else lowpass_input
@@ -244,7 +247,6 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
     flashsr_class, lowpass_rows = _import_library()
     if lowpass_input and lowpass_rows is None:
         log.warning("this FlashSR version has no input low-pass; FLASHSR_LOWPASS_INPUT is ignored")
-    weights = locate_weights(model_dir)
     try:
         model = _build(flashsr_class, weights)
         model.eval().requires_grad_(False)  # the VAE has dropout: inference needs eval mode
