@@ -90,10 +90,12 @@ def test_a_bad_checkpoint_is_model_unavailable(tmp_path: Path) -> None:
     assert "could not be loaded" in message and "broken" in message and "\n" not in message
 
 
-def test_without_the_library_loading_is_model_unavailable() -> None:
+def test_without_the_library_loading_is_model_unavailable(tmp_path: Path) -> None:
+    for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):  # weights are looked for first
+        (tmp_path / name).write_bytes(b"")
     code = ("import sys; sys.modules['FlashSR'] = None\n"
             "from flashsr_tasks.model import load_flashsr, ModelUnavailable\n"
-            "try:\n    load_flashsr(device='cpu', model_dir='/nonexistent')\n"
+            f"try:\n    load_flashsr(device='cpu', model_dir={str(tmp_path)!r})\n"
             "except ModelUnavailable as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
