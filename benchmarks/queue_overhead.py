@@ -105,7 +105,7 @@ def main() -> None:
     t_dist, t_in = min(dist), min(inproc)
     n = args.files
     print(f"{n} calls of {args.seconds:g} s at 8 kHz, {args.processes} processes, resample to 48 kHz")
-    print(f"| mode | files/s |\n| --- | --- |")
+    print("| mode | files/s |\n| --- | --- |")
     print(f"| in-process ({args.processes} processes) | {n / t_in:.1f} |")
     print(f"| Redis + 1 cpu worker ({args.processes} processes) | {n / t_dist:.1f} |")
     print(f"distributed / in-process: {t_in / t_dist:.2f} (target >= 0.8)")

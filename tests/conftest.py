@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from tests.model_fixtures import random_model_dir  # noqa: F401  (a session fixture, registered once here)
 from tests.services import RedisServer, Worker, start_redis, start_worker, worker_env
 
 

@@ -28,20 +28,12 @@ def model_extra_missing() -> str:
     return f"the 'model' extra is not installed (no {', '.join(missing)})" if missing else ""
 
 
-_built: dict[str, Path] = {}  # one folder per test process, however many modules import the fixture
-
-
 @pytest.fixture(scope="session")
 def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A folder holding student_ldm.pth, sr_vocoder.pth and vae.pth with random weights."""
     reason = model_extra_missing()
     if reason:
         pytest.skip(reason)
-    # A test module that imports this fixture gets its own copy of it from pytest; the cache
-    # makes them share one folder instead of building 3.3 GB per module.
-    if "folder" in _built:
-        yield _built["folder"]
-        return
     reuse = os.environ.get("FLASHSR_TEST_MODEL_DIR")
     folder = Path(reuse) if reuse else tmp_path_factory.mktemp("flashsr_random_weights")
     if any(not (folder / name).is_file() for name in WEIGHT_FILES):
@@ -49,8 +41,6 @@ def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
         # In a child process: building peaks at ~3 GB, which the test process need not keep.
         write_random_weights_in_subprocess(folder)
-    _built["folder"] = folder
     yield folder
-    _built.clear()
     if not reuse:
         shutil.rmtree(folder, ignore_errors=True)  # pytest keeps old temp folders; 3.3 GB each

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from flashsr_tasks.weights import ModelUnavailable
-from tests.model_fixtures import model_extra_missing, random_model_dir  # noqa: F401  (fixture)
+from tests.model_fixtures import model_extra_missing
 
 torch = pytest.importorskip("torch")
 if model_extra_missing():

@@ -12,7 +12,6 @@ import soundfile as sf
 
 from flashsr_tasks.resample import output_frames
 from orchestrator_hooks import FlashSRExtension
-from tests.model_fixtures import random_model_dir  # noqa: F401  (fixture)
 from tests.signals import speech_like, write
 
 pytestmark = pytest.mark.model
