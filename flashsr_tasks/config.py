@@ -26,11 +26,11 @@ def result_backend(broker: Optional[str]) -> Optional[str]:
 
 
 def task_time_limit_s() -> int:
-    return _int_env("FLASHSR_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT_S)
+    return positive_int_env("FLASHSR_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT_S)
 
 
 def visibility_timeout_s() -> int:
-    return _int_env("FLASHSR_VISIBILITY_TIMEOUT", task_time_limit_s() + VISIBILITY_MARGIN_S)
+    return positive_int_env("FLASHSR_VISIBILITY_TIMEOUT", task_time_limit_s() + VISIBILITY_MARGIN_S)
 
 
 def model_dir() -> Optional[str]:
@@ -46,10 +46,11 @@ def cpu_prefetch() -> int:
     """Tasks a cpu worker process reserves ahead: resampling a call takes tens of milliseconds,
     comparable to fetching the next message, so a few in hand keep the processes busy. The
     cost: a crashed cpu worker's reserved tasks wait for the visibility timeout too."""
-    return _int_env("FLASHSR_CPU_PREFETCH", 4)
+    return positive_int_env("FLASHSR_CPU_PREFETCH", 4)
 
 
-def _int_env(name: str, default: int) -> int:
+def positive_int_env(name: str, default: int) -> int:
+    """A positive whole number from the environment, `default` when unset; ValueError names the variable."""
     value = os.environ.get(name)
     if not value:
         return default

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from flashsr_tasks.config import positive_int_env
 from flashsr_tasks.resample import OUTPUT_RATE, to_output_rate
 from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, Weights, locate_weights
 from flashsr_tasks.windows import DEFAULT_OVERLAP, WINDOW, apply_windowed
@@ -53,16 +54,11 @@ _torch_load_lock = threading.Lock()
 # ---------------------------------------------------------------------------- settings
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+    # a bad setting makes the model unavailable (warning, resample), not a crashed worker
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ModelUnavailable(f"{name} must be a positive integer, got {raw!r}")
-    return value
+        return positive_int_env(name, default)
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
 
 
 def _env_bool(name: str, default: bool) -> bool:

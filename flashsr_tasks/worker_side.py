@@ -1,15 +1,16 @@
 """What the tasks do around the per-file pipeline: check the message's root, process; merge
-the chord's records. Kept out of tasks.py so that module
-(imported by every worker's main process) stays free of numpy."""
+the chord's records. Kept out of tasks.py so that module (imported by every worker's main
+process) stays free of numpy."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flashsr_tasks.enhancers import Enhancer
 from flashsr_tasks.manifest import merge_records
 from flashsr_tasks.paths import PathRefused, check_root
-from flashsr_tasks.pipeline import Job, process_file, failed_outcome
+from flashsr_tasks.pipeline import Job, failed_outcome, process_file
 
 
 def enhance_one(
@@ -27,12 +28,7 @@ def enhance_one(
 
 def merge_outcomes(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:
     try:
-        checked = check_root(Path(root))
+        merge_records(check_root(Path(root)), [o["record"] for o in outcomes if o.get("record")])
     except PathRefused:
-        checked = None
-    if checked is not None:
-        merge_records(checked, [o["record"] for o in outcomes if o.get("record")])
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o["outcome"]] = counts.get(o["outcome"], 0) + 1
-    return {"files": len(outcomes), **counts}
+        pass  # a forged root: its members were refused too, and nothing is written there
+    return {"files": len(outcomes), **Counter(o["outcome"] for o in outcomes)}
