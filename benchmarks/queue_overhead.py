@@ -1,5 +1,6 @@
 """What the queue costs: the same calls through Redis + one cpu worker of N processes, and
-in-process on N processes, in one run. Also the idle resident memory of the workers.
+in-process on N processes, in one run. Also where the CPU goes (pool processes, the worker's
+main process, the orchestrator, redis-server) and the idle resident memory of the workers.
 
     python benchmarks/queue_overhead.py                 # 300 thirty-second 8 kHz calls
     python benchmarks/queue_overhead.py --files 50 --seconds 10
@@ -14,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +38,28 @@ def make_calls(folder: Path, files: int, seconds: float) -> None:
         sf.write(str(folder / f"call_{i:04d}.wav"), (tone + noise).astype(np.float32), rate, subtype="PCM_16")
 
 
-def timed_run(folder: Path, **kwargs) -> float:
+def cpu_seconds(proc: psutil.Process) -> float:
+    """CPU time of a process, plus that of its children it has already reaped."""
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: dict[str, float]  # by role
+
+
+def measured_run(folder: Path, roles: dict[str, list[psutil.Process]], **kwargs) -> Run:
+    """One run of the stage; `roles` names the processes whose CPU time is counted."""
+    before = {role: sum(cpu_seconds(p) for p in procs) for role, procs in roles.items()}
     started = time.perf_counter()
     summary = FlashSRExtension(folder, device="cpu", progress=False, **kwargs).run()
-    elapsed = time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = {role: sum(cpu_seconds(p) for p in procs) for role, procs in roles.items()}
     if summary.enhanced != summary.files or summary.failed:
         raise SystemExit(f"benchmark run did not enhance every file: {summary.line()}")
-    return elapsed
+    return Run(wall, {role: after[role] - before[role] for role in roles})
 
 
 def resident_mib(pid: int) -> tuple[float, float]:
@@ -71,6 +88,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each mode (after a warm-up)")
     parser.add_argument("--model_dir", help="load this model in the gpu worker for its idle-memory figure")
     args = parser.parse_args()
 
@@ -83,14 +101,25 @@ def main() -> None:
         try:
             worker = start_worker("cpu", redis.url, work, args.processes)
             try:
-                # Interleaved, fresh copies each time, best of two: noise hits both modes alike.
-                dist, inproc = [], []
-                for round_ in range(2):
-                    for mode, times in (("dist", dist), ("inproc", inproc)):
+                main = psutil.Process(worker.process.pid)
+                dist_roles = {"pool processes": main.children(), "worker main process": [main],
+                              "orchestrator": [psutil.Process()], "redis-server": [psutil.Process(redis.process.pid)]}
+                # The in-process pool's children are reaped by the end of a run, so they count here.
+                inproc_roles = {"orchestrator and its pool": [psutil.Process()]}
+                # A warm-up run (the pool processes import numpy and soxr on their first task),
+                # then interleaved runs on fresh copies: noise hits both modes alike.
+                dist: list[Run] = []
+                inproc: list[Run] = []
+                for round_ in range(args.rounds + 1):
+                    for mode, runs in (("dist", dist), ("inproc", inproc)):
                         folder = work / f"{mode}-{round_}"
                         shutil.copytree(source, folder)
-                        kwargs = {"broker": redis.url} if mode == "dist" else {"processes": args.processes}
-                        times.append(timed_run(folder, **kwargs))
+                        if mode == "dist":
+                            run = measured_run(folder, dist_roles, broker=redis.url)
+                        else:
+                            run = measured_run(folder, inproc_roles, processes=args.processes)
+                        if round_:
+                            runs.append(run)
                         shutil.rmtree(folder)
             finally:
                 worker.stop()
@@ -102,14 +131,21 @@ def main() -> None:
         finally:
             redis.stop()
 
-    t_dist, t_in = min(dist), min(inproc)
+    best_dist = min(dist, key=lambda r: r.wall_s)
+    best_in = min(inproc, key=lambda r: r.wall_s)
     n = args.files
-    print(f"{n} calls of {args.seconds:g} s at 8 kHz, {args.processes} processes, resample to 48 kHz")
-    print("| mode | files/s |\n| --- | --- |")
-    print(f"| in-process ({args.processes} processes) | {n / t_in:.1f} |")
-    print(f"| Redis + 1 cpu worker ({args.processes} processes) | {n / t_dist:.1f} |")
-    print(f"distributed / in-process: {t_in / t_dist:.2f} (target >= 0.8)")
-    print(f"per-task overhead: {(t_dist - t_in) * args.processes / n * 1000:.1f} ms of worker time per file")
+    print(f"{n} calls of {args.seconds:g} s at 8 kHz, {args.processes} processes, resample to 48 kHz, "
+          f"best of {args.rounds} interleaved runs")
+    print("| mode | files/s | CPU s |\n| --- | ---: | ---: |")
+    print(f"| in-process ({args.processes} processes) | {n / best_in.wall_s:.1f} | {sum(best_in.cpu_s.values()):.2f} |")
+    print(f"| Redis + 1 cpu worker ({args.processes} processes) | {n / best_dist.wall_s:.1f} | "
+          f"{sum(best_dist.cpu_s.values()):.2f} |")
+    print(f"distributed / in-process: {best_in.wall_s / best_dist.wall_s:.2f} (target >= 0.8); every round: "
+          + ", ".join(f"{i.wall_s / d.wall_s:.2f}" for d, i in zip(dist, inproc)))
+    print(f"per-task overhead: {(best_dist.wall_s - best_in.wall_s) * args.processes / n * 1000:.1f} ms of wall time "
+          f"on {args.processes} processes, {(sum(best_dist.cpu_s.values()) - sum(best_in.cpu_s.values())) / n * 1000:.1f} "
+          "ms of CPU")
+    print("CPU s of the distributed run: " + ", ".join(f"{role} {cpu:.2f}" for role, cpu in best_dist.cpu_s.items()))
     print(f"idle cpu worker (main + {args.processes} pool processes): RSS {cpu_rss:.0f} MiB, PSS {cpu_pss:.0f} MiB "
           "(target < 200 MiB)")
     loaded = "model loaded" if args.model_dir else "no weights: resample fallback"

@@ -1,0 +1,26 @@
+"""The queue benchmark, run small: the figures in the README come from a script that still works."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.services import REPO
+
+pytestmark = pytest.mark.celery
+
+
+def test_queue_overhead_benchmark_prints_its_figures() -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmarks/queue_overhead.py", "--files", "6", "--seconds", "1", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert re.search(r"distributed / in-process: \d+\.\d\d", out)
+    assert re.search(r"CPU s of the distributed run: pool processes \d+\.\d\d, worker main process \d+\.\d\d", out)
+    cpu_rss = float(re.search(r"idle cpu worker .*: RSS (\d+) MiB", out).group(1))
+    assert 0 < cpu_rss < 200
+    assert re.search(r"idle gpu worker .*: RSS \d+ MiB", out)
