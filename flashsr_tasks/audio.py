@@ -109,6 +109,22 @@ def _pcm16(block: np.ndarray) -> np.ndarray:
     return scaled.astype(np.int16)
 
 
+def output_is_whole(path: Path) -> bool:
+    """Whether an existing output can be trusted by a re-run: a WAV header and all the audio it
+    announces. Outputs are renamed into place but not fsynced (per file, that halves throughput);
+    after a power cut an output can be empty or cut short while its record says ok, and it must
+    then be redone rather than skipped."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(12)
+        if header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE":
+            return False
+        _check_not_truncated(path)
+    except (OSError, AudioError):
+        return False
+    return True
+
+
 def _sentence(text: str) -> str:
     return text.strip().rstrip(".").replace("\n", " ") or "unknown format"
 

@@ -13,7 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from flashsr_tasks.audio import AudioError, fit_full_scale, output_subtype, peak_of, read_source, sha256_of, write_output
+from flashsr_tasks.audio import (
+    AudioError,
+    fit_full_scale,
+    output_is_whole,
+    output_subtype,
+    peak_of,
+    read_source,
+    sha256_of,
+    write_output,
+)
 from flashsr_tasks.enhancers import Enhancer
 from flashsr_tasks.manifest import RECORD_TYPE
 from flashsr_tasks.paths import PathRefused, output_path_for, relative_posix, resolve_source
@@ -55,8 +64,8 @@ def process_file(
 
     `enhancer_for` is called only once the file is known to need enhancing, so the model is
     never loaded for skipped or unselected files. `known_sha256` is the input hash of the
-    source's current ok record: with the output present and the same hash, the file is
-    skipped unless the job says overwrite.
+    source's current ok record: with the same hash and the output present and whole, the
+    file is skipped unless the job says overwrite.
     """
     started = time.perf_counter()
     record: dict[str, Any] = {"type": RECORD_TYPE, "source": source}
@@ -70,7 +79,7 @@ def process_file(
         if not source_path.exists():
             raise AudioError("does not exist (a missing file or a broken link)")
         input_sha256 = sha256_of(source_path)
-        if not job.overwrite and known_sha256 == input_sha256 and output_path.is_file():
+        if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}
         src = read_source(source_path)
         reason = selection_reason(src.audio, src.rate, force=job.force)

@@ -118,6 +118,20 @@ def test_inputs_are_never_modified_and_skips_need_output_and_same_hash(tmp_path)
     assert run(tmp_path, "a.wav", known=record["input_sha256"])["outcome"] == ENHANCED
 
 
+@pytest.mark.parametrize("damage", ["emptied", "cut short", "zeroed"])
+def test_a_damaged_output_is_redone_not_skipped(tmp_path, damage):
+    """Outputs are not fsynced: after a power cut one can be empty, short or zeros while its
+    record still says ok. A re-run must redo it, not trust it."""
+    write(tmp_path / "a.wav", speech_like(8000, 1.0), 8000)
+    record = run(tmp_path, "a.wav")["record"]
+    output = tmp_path / "a_flashsr.wav"
+    whole = output.read_bytes()
+    output.write_bytes({"emptied": b"", "cut short": whole[: len(whole) // 2], "zeroed": bytes(len(whole))}[damage])
+    assert run(tmp_path, "a.wav", known=record["input_sha256"])["outcome"] == ENHANCED
+    assert output.read_bytes() == whole
+    assert run(tmp_path, "a.wav", known=record["input_sha256"])["outcome"] == SKIPPED
+
+
 def _write_bad_inputs(root: Path) -> dict[str, str]:
     """name → a fragment the failure sentence must contain."""
     (root / "notaudio.wav").write_text("this is not a wav file")
