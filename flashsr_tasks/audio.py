@@ -115,11 +115,7 @@ def output_is_whole(path: Path) -> bool:
     after a power cut an output can be empty or cut short while its record says ok, and it must
     then be redone rather than skipped."""
     try:
-        with open(path, "rb") as handle:
-            header = handle.read(12)
-        if header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE":
-            return False
-        _check_not_truncated(path)
+        _check_not_truncated(path, wav_only=True)
     except (OSError, AudioError):
         return False
     return True
@@ -129,11 +125,14 @@ def _sentence(text: str) -> str:
     return text.strip().rstrip(".").replace("\n", " ") or "unknown format"
 
 
-def _check_not_truncated(path: Path) -> None:
+def _check_not_truncated(path: Path, wav_only: bool = False) -> None:
     """libsndfile silently reads what is there when a WAV's data chunk is cut short; a cut
-    recording should fail loudly instead of being enhanced as if it were whole."""
+    recording should fail loudly instead of being enhanced as if it were whole. `wav_only`:
+    anything but a RIFF or RF64 WAV fails too (our outputs are never anything else)."""
     with open(path, "rb") as handle:
         header = handle.read(12)
+        if wav_only and (header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE"):
+            raise AudioError("is not a WAV file")
         if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
             return  # not a classic WAV: libsndfile judges it
         endian = "<" if header[:4] == b"RIFF" else ">"
