@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 
+from flashsr_tasks.atomic import atomic_path
 from flashsr_tasks.config import positive_int_env
 from flashsr_tasks.resample import OUTPUT_RATE, to_output_rate
 from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, Weights, locate_weights
@@ -305,9 +306,8 @@ def write_random_weights(folder: str | os.PathLike[str], seed: int = 0) -> Path:
             continue
         with _quiet_library():
             module = builders[name]()
-        partial = folder / f".{name}.partial"
-        torch.save(module.state_dict(), partial)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            torch.save(module.state_dict(), partial)
         del module
     return folder
 
