@@ -15,12 +15,20 @@ GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
 ENHANCE_TASK = {GPU_QUEUE: "flashsr.enhance_gpu", CPU_QUEUE: "flashsr.enhance_cpu"}
 MERGE_TASK = "flashsr.merge_into_manifest"
-# Results must outlive the longest wait of a chord for its slowest member.
-RESULT_EXPIRES_S = 7 * 24 * 3600
+# Results are deleted once a chord is journaled and its summary collected; this only bounds what
+# is left by runs nobody waits for (--no-wait, a killed orchestrator): gone within a day.
+RESULT_EXPIRES_S = 24 * 3600
 
 
-def make_app(broker: Optional[str] = None, backend: Optional[str] = None, include_tasks: bool = False) -> Celery:
+def make_app(
+    broker: Optional[str] = None, backend: Optional[str] = None, include_tasks: bool = False, collector: bool = False
+) -> Celery:
+    """`collector`: the orchestrator's app, which waits for chord callbacks only
+    (flashsr_tasks.collector_backend)."""
     broker = broker or config.broker_url() or config.DEFAULT_BROKER_FOR_WORKERS
+    backend = backend or config.result_backend(broker)
+    if collector and backend and backend.split("://", 1)[0] in ("redis", "rediss"):
+        backend = f"flashsr_tasks.collector_backend:CollectorRedisBackend+{backend}"
     app = Celery("flashsr_tasks", include=["flashsr_tasks.tasks"] if include_tasks else [])
     time_limit = config.task_time_limit_s()
     visibility = config.visibility_timeout_s()
@@ -33,7 +41,7 @@ def make_app(broker: Optional[str] = None, backend: Optional[str] = None, includ
     }
     app.conf.update(
         broker_url=broker,
-        result_backend=backend or config.result_backend(broker),
+        result_backend=backend,
         # JSON only: a pickle payload from the queue would be code execution on the worker.
         task_serializer="json",
         result_serializer="json",

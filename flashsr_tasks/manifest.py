@@ -1,24 +1,45 @@
-"""The stage's manifest.json: one record per source, merged under a lock, replaced atomically.
+"""The stage's manifest.json: one record per source, kept durably through a journal.
 
-Every writer (the in-process runner, the chord callback, an orchestrator whose chord broke)
-goes through
-`merge_records`, so concurrent runs on one root serialise on the same lock file and a
-reader never sees half-written JSON.
+Writers never rewrite manifest.json per file or per chunk: `append_records` adds records to
+the journal beside it (flashsr_tasks.journal), and `fold` moves the journal into manifest.json
+in one atomic replace (at the end of a run, at the start of the next, and whenever the journal
+outgrows `FOLD_RATIO` × the manifest, above `FOLD_FLOOR_BYTES`: manifest rewrites then grow
+geometrically, so the bytes a run writes stay within a small multiple of the final manifest).
+
+Every writer holds the same lock file, so concurrent runs on one root serialise; manifest.json
+is replaced atomically, so a reader never sees half-written JSON; other keys and other stages'
+records are kept as they are.
+
+manifest.json is written one record per line (`_dumps`). That layout is read back as a stream
+(`_events`), so folding a journal into a manifest of a million records holds neither of them
+in memory; a manifest that someone reformatted is read whole once and written back in it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Optional, TypeVar
 
+from flashsr_tasks import journal
 from flashsr_tasks.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manifest.json.lock"
+RECORDS_KEY = "enhancements"
 RECORD_TYPE = "flashsr"
-# A worker can wait behind another run's merge; an hour means something is stuck for real.
+# A worker can wait behind another run's fold; an hour means something is stuck for real.
 LOCK_TIMEOUT_S = 3600
+# Fold while a run goes on once the journal is larger than both of these. The floor keeps small
+# runs to the one fold at their end; the ratio makes the manifest at least 5× larger at each
+# fold, so a run writes at most ~2.3× the final manifest in all (journal included).
+FOLD_FLOOR_BYTES = 64 << 20
+FOLD_RATIO = 4
 
 
 class ManifestError(Exception):
@@ -29,13 +50,294 @@ def manifest_path(root: Path) -> Path:
     return Path(root) / MANIFEST_NAME
 
 
+@contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """The root's manifest lock: every writer of manifest.json or its journal holds it."""
+    from filelock import FileLock  # here, not at import: 20 ms of every command's start-up
+
+    with FileLock(str(Path(root) / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+        yield
+
+
+def append_records(root: Path, records: Iterable[dict[str, Any]], sync: bool = False) -> None:
+    """Make records durable in the root's journal (one write), folding it when it has grown large.
+
+    Duplicates of one source collapse to the last one when folded, so a task delivered twice
+    still leaves one record.
+    """
+    records = list(records)
+    if not records:
+        return
+    with locked(root):
+        size = journal.append_locked(root, records, sync=sync)
+        if size > max(FOLD_FLOOR_BYTES, FOLD_RATIO * _size_of(manifest_path(root))):
+            _fold_locked(root)
+
+
+def fold(root: Path) -> int:
+    """Move every journaled record into manifest.json (atomically); returns how many were folded."""
+    with locked(root):
+        return _fold_locked(root)
+
+
+def merge_records(root: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Insert or replace this stage's records in manifest.json now (append, then fold)."""
+    with locked(root):
+        journal.append_locked(root, list(records))
+        _fold_locked(root)
+
+
+def records_by_source(root: Path, pick: Callable[[dict[str, Any]], Optional[T]]) -> dict[str, T]:
+    """`pick(record)` for this stage's records as a reader sees them (manifest.json, then the
+    journal on top), keyed by source; records that `pick` maps to None are left out. Streams
+    manifest.json, so a run holds `pick`'s small values, not the records."""
+
+    def collect(events: Iterator[tuple[str, str, Any]]) -> dict[str, T]:
+        picked: dict[str, T] = {}
+        for kind, key, value in events:
+            if kind == "item" and key == RECORDS_KEY:
+                _pick_into(picked, json.loads(value) if isinstance(value, _Raw) else value, pick)
+        return picked
+
+    picked = _restartable(manifest_path(root), collect)
+    for _, record in journal.replay(root):
+        picked.pop(record["source"], None)
+        _pick_into(picked, record, pick)
+    return picked
+
+
+def _pick_into(picked: dict[str, Any], record: Any, pick: Callable[[dict[str, Any]], Any]) -> None:
+    if _is_ours(record) and isinstance(record.get("source"), str):
+        value = pick(record)
+        if value is not None:
+            picked[record["source"]] = value
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
-    """The manifest's content, `{}` when there is none yet."""
+    """manifest.json's whole content (journal not included), `{}` when there is none yet. For
+    tests and small tools: it holds everything in memory."""
     path = manifest_path(root)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    return _parse_whole(text)
+
+
+# ------------------------------------------------------------------------------- folding
+
+def _fold_locked(root: Path) -> int:
+    latest: dict[str, int] = {}  # source → offset of its last journal line: ~150 bytes a record
+    for offset, record in journal.replay(root):
+        latest[record["source"]] = offset
+    path = journal.journal_path(root)
+    if not latest:
+        _remove(path)  # empty, or only a torn line
+        return 0
+    count = len(latest)
+    with open(path, "rb") as lines, atomic_path(manifest_path(root)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as out:
+            _restartable(manifest_path(root), lambda events: _write_folded(out, events, dict(latest), lines))
+            out.flush()
+            os.fsync(out.fileno())
+    _fsync_folder(root)
+    # Only now: until the new manifest is durable, the journal is the only copy of its records.
+    _remove(path)
+    return count
+
+
+def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: dict[str, int], lines: IO[bytes]) -> None:
+    """Copy the manifest's events to `out` with journaled records in place of their source's
+    record, and the remaining ones (new sources, sorted) at the end of the records list."""
+    out.seek(0)
+    out.truncate()
+    writer = _Writer(out)
+    in_records = saw_records = False
+    for kind, key, value in events:
+        if kind == "list_start":
+            in_records = key == RECORDS_KEY
+            saw_records = saw_records or in_records
+            writer.list_start(key)
+        elif kind == "item":
+            if in_records:
+                record = json.loads(value) if isinstance(value, str) else value
+                offset = latest.pop(record.get("source"), None) if _is_ours(record) else None
+                if offset is not None:
+                    value = journal.read_line(lines, offset)
+            writer.item(value)
+        elif kind == "list_end":
+            if in_records:
+                _write_new(writer, latest, lines)
+            in_records = False
+            writer.list_end()
+        elif key == RECORDS_KEY:  # an empty list (or not a list at all)
+            if (json.loads(value) if isinstance(value, _Raw) else value) != []:
+                raise ManifestError(f"'{RECORDS_KEY}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
+            saw_records = True
+            writer.list_start(key)
+            _write_new(writer, latest, lines)
+            writer.list_end()
+        else:
+            writer.value(key, value)
+    if not saw_records:
+        writer.list_start(RECORDS_KEY)
+        _write_new(writer, latest, lines)
+        writer.list_end()
+    writer.close()
+
+
+def _write_new(writer: "_Writer", latest: dict[str, int], lines: IO[bytes]) -> None:
+    for source in sorted(latest):
+        writer.item(journal.read_line(lines, latest[source]))
+    latest.clear()
+
+
+def _is_ours(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("type") == RECORD_TYPE
+
+
+class _Writer:
+    """Writes manifest.json's layout: indented at the top, one line per list item, each written
+    by json's C encoder (`indent=` switches to its pure-Python one, ten times slower)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.keys = 0
+        self.items = 0
+
+    def _key(self, key: str) -> None:
+        self.out.write(("{\n" if self.keys == 0 else ",\n") + f"  {json.dumps(key, ensure_ascii=False)}: ")
+        self.keys += 1
+
+    def value(self, key: str, value: Any) -> None:
+        self._key(key)
+        self.out.write(value if isinstance(value, _Raw) else json.dumps(value, ensure_ascii=False))
+
+    def list_start(self, key: str) -> None:
+        self._key(key)
+        self.out.write("[")
+        self.items = 0
+
+    def item(self, value: Any) -> None:
+        text = value if isinstance(value, _Raw) else json.dumps(value, ensure_ascii=False)
+        self.out.write(("\n    " if self.items == 0 else ",\n    ") + text)
+        self.items += 1
+
+    def list_end(self) -> None:
+        self.out.write("\n  ]" if self.items else "]")
+
+    def close(self) -> None:
+        self.out.write("{}\n" if self.keys == 0 else "\n}\n")
+
+
+class _Raw(str):
+    """JSON text read from manifest.json and already checked: written back as it was."""
+
+
+def _dumps(content: dict[str, Any]) -> str:
+    """A whole manifest in the layout `_Writer` writes (for small tools and tests)."""
+    import io
+
+    buffer = io.StringIO()
+    _write_folded(buffer, _events_of(content), {}, io.BytesIO())
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------- reading
+
+def _restartable(path: Path, consume: Callable[[Iterator[tuple[str, str, Any]]], T]) -> T:
+    """`consume(events)` over manifest.json, streamed when it is in the one-record-per-line
+    layout. A file in another layout can only be told apart part-way through, so `consume`
+    must be restartable: it is then called again with the file parsed whole."""
+    try:
+        return consume(_events(path))
+    except _NotLineLayout:
+        return consume(_events(path, whole=True))
+
+
+def _events(path: Path, whole: bool = False) -> Iterator[tuple[str, str, Any]]:
+    """manifest.json as a stream of ("value", key, v) | ("list_start", key, None) |
+    ("item", key, v) | ("list_end", key, None). v is checked JSON text (`_Raw`) in the
+    one-record-per-line layout; with `whole`, the file is parsed whole and v is a value.
+    Raises _NotLineLayout when the file is in another layout (after some events, maybe)."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with handle:
+        if whole:
+            yield from _events_of(_parse_whole(handle.read()))
+            return
+        first = handle.readline()
+        if first != "{\n":
+            raise _NotLineLayout()
+        yield from _line_events(handle)
+
+
+class _NotLineLayout(Exception):
+    pass
+
+
+_decoder = json.JSONDecoder()
+
+
+def _line_events(handle: IO[str]) -> Iterator[tuple[str, str, Any]]:
+    """The one-record-per-line layout after its first line, checked as it goes."""
+    for line in handle:
+        if not line.startswith('  "'):
+            raise _NotLineLayout()
+        try:
+            key, end = _decoder.raw_decode(line, 2)
+        except ValueError:
+            raise _NotLineLayout() from None
+        if not line.startswith(": ", end):
+            raise _NotLineLayout()
+        text = line[end + 2:].rstrip("\n")
+        last = not text.endswith(",")
+        text = text if last else text[:-1]
+        if text == "[":
+            yield ("list_start", key, None)
+            for item in handle:
+                stripped = item.rstrip("\n")
+                if stripped in ("  ]", "  ],"):
+                    last = stripped == "  ]"
+                    break
+                if not stripped.startswith("    "):
+                    raise _NotLineLayout()
+                text = stripped[4:]
+                yield ("item", key, _checked(text[:-1] if text.endswith(",") else text))
+            else:
+                raise _NotLineLayout()
+            yield ("list_end", key, None)
+        else:
+            yield ("value", key, _checked(text))
+        if last:
+            if handle.readline().rstrip("\n") != "}" or handle.read().strip():
+                raise _NotLineLayout()
+            return
+    raise _NotLineLayout()
+
+
+def _checked(text: str) -> "_Raw":
+    try:
+        json.loads(text)
+    except ValueError:
+        raise _NotLineLayout() from None
+    return _Raw(text)
+
+
+def _events_of(content: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    for key, value in content.items():
+        if isinstance(value, list) and value:
+            yield ("list_start", key, None)
+            for item in value:
+                yield ("item", key, item)
+            yield ("list_end", key, None)
+        else:
+            yield ("value", key, value)
+
+
+def _parse_whole(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -44,73 +346,34 @@ def read_manifest(root: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise ManifestError(f"{MANIFEST_NAME} does not hold a JSON object; fix or move it, nothing was overwritten")
+    if not isinstance(data.get(RECORDS_KEY, []), list):
+        raise ManifestError(f"'{RECORDS_KEY}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
     return data
 
 
-def ok_hashes(manifest: dict[str, Any]) -> dict[str, str]:
-    """source → input_sha256 of this stage's successful records: what a re-run may skip."""
-    return {
-        r["source"]: r["input_sha256"]
-        for r in manifest.get("enhancements", [])
-        if isinstance(r, dict) and r.get("type") == RECORD_TYPE and r.get("status") == "ok" and r.get("input_sha256")
-    }
-
-
-def merge_records(root: Path, records: Iterable[dict[str, Any]]) -> int:
-    """Insert or replace this stage's records (keyed by source) and keep everything else.
-
-    Records whose source is not a relative path inside the root are left out. Returns the
-    number of records merged. Duplicates of one source in `records` collapse
-    to the last one, so a task delivered twice still leaves one record.
-    """
-    incoming: dict[str, dict[str, Any]] = {}
-    for record in records:
-        # A refused task message can name any path; only paths inside the root belong here.
-        if _is_inside_relative(record.get("source", "")):
-            incoming[record["source"]] = record
-    if not incoming:
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
         return 0
-    count = len(incoming)
-    from filelock import FileLock  # here, not at import: 20 ms of every command's start-up
-
-    root = Path(root)
-    with FileLock(str(root / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
-        manifest = read_manifest(root)
-        existing = manifest.get("enhancements", [])
-        if not isinstance(existing, list):
-            raise ManifestError(f"'enhancements' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
-        merged: list[Any] = []
-        for record in existing:
-            if isinstance(record, dict) and record.get("type") == RECORD_TYPE and record.get("source") in incoming:
-                merged.append(incoming.pop(record["source"]))
-            else:
-                merged.append(record)
-        merged.extend(sorted(incoming.values(), key=lambda r: r["source"]))
-        manifest["enhancements"] = merged
-        _replace_json(manifest_path(root), manifest)
-    return count
 
 
-def _is_inside_relative(source: str) -> bool:
-    parts = PurePosixPath(source).parts
-    return bool(parts) and not source.startswith("/") and ".." not in parts and "\\" not in source
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
-def _replace_json(path: Path, content: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(_dumps(content))
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def _dumps(content: dict[str, Any]) -> str:
-    """Indented at the top, one line per list item: readable, diffable, and written by json's
-    C encoder (`indent=` switches to its pure-Python one, the cost of a merge at a few hundred records)."""
-    def value(v: Any) -> str:
-        if isinstance(v, list) and v:
-            return "[\n" + ",\n".join("    " + json.dumps(item, ensure_ascii=False) for item in v) + "\n  ]"
-        return json.dumps(v, ensure_ascii=False)
-
-    body = ",\n".join(f"  {json.dumps(k, ensure_ascii=False)}: {value(v)}" for k, v in content.items())
-    return "{\n" + body + "\n}\n"
+def _fsync_folder(root: Path) -> None:
+    """The rename is durable once the folder is synced (POSIX); not every platform allows it."""
+    try:
+        fd = os.open(root, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

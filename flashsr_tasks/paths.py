@@ -6,8 +6,12 @@ A worker takes paths from queue messages, so they are untrusted: every path is r
 from __future__ import annotations
 
 import os
+import re
+import time
 from pathlib import Path, PurePosixPath
-from typing import Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
+
+from flashsr_tasks.manifest import MANIFEST_NAME
 
 OUTPUT_SUFFIX = "_flashsr.wav"
 AUDIO_SUFFIXES = (".wav", ".wave")
@@ -61,16 +65,44 @@ def relative_posix(root: Path, path: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def discover_sources(root: Path) -> list[str]:
-    """Audio files under `root` (recursively) as sorted relative POSIX paths, our outputs excluded.
+def discover_sources(root: Path) -> Iterator[str]:
+    """Audio files under `root` (recursively) as relative POSIX paths, our outputs excluded;
+    streamed folder by folder (each folder's names sorted), so a run over an archive of any size
+    holds one folder's listing at a time.
 
     Folders and symlinks with an audio name are listed too, so that the per-file work can
-    give them a clear failed record instead of silently ignoring them.
+    give them a clear failed record instead of silently ignoring them. Our own temporary
+    files that a killed run left behind (older than an hour) are removed on the way.
     """
-    found: list[str] = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
+        files.sort()
+        remove_stale_temporaries(folder, files)
         for name in [*dirs, *files]:
             if is_audio_name(name):
-                found.append(relative_posix(root, Path(folder, name)))
-    return sorted(found)
+                yield relative_posix(root, Path(folder, name))
+
+
+# What atomic_path leaves when its writer is killed: ".<target>.<8 random characters>.tmp",
+# where the target is one of our outputs or the manifest.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+STALE_TEMPORARY_S = 3600
+
+
+def remove_stale_temporaries(folder: str, names: Iterable[str], now: Optional[float] = None) -> int:
+    """Remove our temporary files in `folder` older than an hour (a live writer renames its own
+    within seconds); returns how many. Other programs' temporary files are left alone."""
+    removed = 0
+    deadline = (time.time() if now is None else now) - STALE_TEMPORARY_S
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if not match or not (is_output_name(match["target"]) or match["target"] == MANIFEST_NAME):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.lstat(path).st_mtime < deadline:
+                os.unlink(path)
+                removed += 1
+        except OSError:  # gone already, or a read-only tree
+            pass
+    return removed

@@ -65,7 +65,9 @@ def process_file(
     `enhancer_for` is called only once the file is known to need enhancing, so the model is
     never loaded for skipped or unselected files. `known_sha256` is the input hash of the
     source's current ok record: with the same hash and the output present and whole, the
-    file is skipped unless the job says overwrite.
+    file is skipped unless the job says overwrite. The record keeps the source's size and
+    modification time, so that a re-run can skip an unchanged file without hashing it
+    (flashsr_tasks.planning).
     """
     started = time.perf_counter()
     record: dict[str, Any] = {"type": RECORD_TYPE, "source": source}
@@ -78,6 +80,9 @@ def process_file(
             raise AudioError("is a folder, not an audio file")
         if not source_path.exists():
             raise AudioError("does not exist (a missing file or a broken link)")
+        # Before the hash: a file changed while it is read gets a new time, and the next run looks again.
+        stat = source_path.stat()
+        record.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
         input_sha256 = sha256_of(source_path)
         if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}

@@ -1,65 +1,141 @@
-"""The embedded default: run every file of a job in this process (or a local process pool).
+"""The embedded default: run a job's files in this process (or a local process pool).
 
 The resampler is cheap and CPU-bound, so it fans out over every core; the model is large
 and owns its device, so it runs in this process, one file after another.
+
+Sources stream in and outcomes stream out: at most `_WINDOW_CHUNKS` chunks per process are in
+flight, whatever the run's length. Every finished chunk's records are appended to the root's
+journal as it arrives, so a run killed at any moment keeps every file it finished; the caller
+folds the journal into manifest.json at the end.
 """
 from __future__ import annotations
 
+import collections
+import ctypes
+import itertools
 import multiprocessing
 import os
+import signal
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from flashsr_tasks.enhancers import Resampler, load_enhancer, wants_model
 from flashsr_tasks.lazy import LazyEnhancer
-from flashsr_tasks.manifest import merge_records
+from flashsr_tasks.manifest import append_records
 from flashsr_tasks.memory import keep_freed_memory
 from flashsr_tasks.pipeline import Job, process_file
+from flashsr_tasks.planning import Todo
 
 Outcome = dict[str, Any]
 # Files per pool message: large enough to amortise inter-process traffic on short calls,
-# small enough that the progress bar still moves.
+# small enough that the progress bar still moves and a killed run redoes little.
 _CHUNK = 8
+# Chunks queued per pool process: enough to keep it busy while the main process collects.
+_WINDOW_CHUNKS = 4
 _MIN_FILES_FOR_POOL = 4
+# The journal is fsynced at most this often (a killed process loses nothing either way; this
+# bounds what a power cut can take).
+_SYNC_EVERY_S = 1.0
 
 _pool_state: dict[str, Any] = {}
 
 
 def run_in_process(
     root: Path,
-    sources: Sequence[str],
     job: Job,
-    known: dict[str, str],
+    work: Iterable[Union[Todo, Outcome]],
     on_outcome: Optional[Callable[[Outcome], None]] = None,
     processes: Optional[int] = None,
-) -> list[Outcome]:
-    """Process `sources` under the checked `root`, merge the records into the manifest once, return the outcomes."""
-    outcomes: list[Outcome] = []
-    for outcome in _outcomes(root, list(sources), job, known, processes or os.cpu_count() or 1):
-        outcomes.append(outcome)
+) -> None:
+    """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
+    outcomes already decided (skips) pass straight through to `on_outcome`."""
+    journal = _Journal(root)
+    for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1):
+        journal.add(outcomes)
         if on_outcome:
-            on_outcome(outcome)
-    merge_records(root, [o["record"] for o in outcomes if o["record"] is not None])
-    return outcomes
+            for outcome in outcomes:
+                on_outcome(outcome)
 
 
-def _outcomes(root: Path, sources: list[str], job: Job, known: dict[str, str], processes: int) -> Iterator[Outcome]:
+class _Journal:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.synced = time.monotonic()
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        records = [o["record"] for o in outcomes if o["record"] is not None]
+        if records:
+            sync = time.monotonic() - self.synced >= _SYNC_EVERY_S
+            append_records(self.root, records, sync=sync)
+            if sync:
+                self.synced = time.monotonic()
+
+
+def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, processes: int) -> Iterator[list[Outcome]]:
     if wants_model(job.device, job.model_dir):
         # The model is loaded at the first file that needs it, and used here, file after file.
         model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
-        while sources and not isinstance(model.loaded, Resampler):
-            source = sources.pop(0)
-            yield process_file(root, source, job, model, known.get(source))
+        while not isinstance(model.loaded, Resampler):
+            item = next(work, None)
+            if item is None:
+                return
+            yield _one(root, item, job, model)
         # the model could not load: the rest is resampling, which a pool does best
-    if processes < 2 or len(sources) < _MIN_FILES_FOR_POOL:
-        for source in sources:
-            yield process_file(root, source, job, Resampler, known.get(source))
+    passed, first = _first_todos(work, _MIN_FILES_FOR_POOL)
+    yield from passed
+    todos = itertools.chain(first, work)
+    if processes < 2 or len(first) < _MIN_FILES_FOR_POOL:
+        for item in todos:
+            yield _one(root, item, job, Resampler)
         return
-    tasks = [(source, known.get(source)) for source in sources]
     with multiprocessing.get_context(_start_method()).Pool(
         processes, initializer=_init_pool, initargs=(str(root), job.to_dict())
     ) as pool:
-        yield from pool.imap_unordered(_pool_process, tasks, chunksize=_CHUNK)
+        window: collections.deque = collections.deque()
+        for item in _chunked(todos):
+            if isinstance(item, dict):
+                yield [item]
+                continue
+            window.append(pool.apply_async(_pool_process, (item,)))
+            # Collect what is done; wait for the oldest chunk only when the window is full.
+            while window and (window[0].ready() or len(window) >= processes * _WINDOW_CHUNKS):
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+
+def _one(root: Path, item: Union[Todo, Outcome], job: Job, enhancer_for: Callable[[], Any]) -> list[Outcome]:
+    return [item if isinstance(item, dict) else process_file(root, item.source, job, enhancer_for, item.known_sha256)]
+
+
+def _first_todos(work: Iterator[Union[Todo, Outcome]], count: int) -> tuple[list[list[Outcome]], list[Todo]]:
+    """The first `count` Todos, and the skips before them: a pool is only worth starting for a few files."""
+    passed: list[list[Outcome]] = []
+    todos: list[Todo] = []
+    for item in work:
+        if isinstance(item, dict):
+            passed.append([item])
+        else:
+            todos.append(item)
+            if len(todos) >= count:
+                break
+    return passed, todos
+
+
+def _chunked(work: Iterator[Union[Todo, Outcome]]) -> Iterator[Union[list[Todo], Outcome]]:
+    """Todos in lists of `_CHUNK`; decided outcomes pass through as they come."""
+    chunk: list[Todo] = []
+    for item in work:
+        if isinstance(item, dict):
+            yield item
+            continue
+        chunk.append(item)
+        if len(chunk) == _CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _start_method() -> str:
@@ -69,10 +145,20 @@ def _start_method() -> str:
 
 
 def _init_pool(root: str, job: dict[str, Any]) -> None:
+    _die_with_parent()
     keep_freed_memory()
     _pool_state.update(root=Path(root), job=Job.from_dict(job))
 
 
-def _pool_process(task: tuple[str, Optional[str]]) -> Outcome:
-    source, known_sha256 = task
-    return process_file(_pool_state["root"], source, _pool_state["job"], Resampler, known_sha256)
+def _die_with_parent() -> None:
+    """A runner killed with SIGKILL cannot stop its pool; without this its processes would wait
+    on the task pipe forever. Linux only; elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _pool_process(chunk: list[Todo]) -> list[Outcome]:
+    root, job = _pool_state["root"], _pool_state["job"]
+    return [process_file(root, source, job, Resampler, known_sha256) for source, known_sha256 in chunk]

@@ -69,28 +69,48 @@ def _load_gpu_model() -> Any:
 gpu_enhancer = LazyEnhancer(_load_gpu_model)
 
 
-def _enhance(job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any) -> dict[str, Any]:
+def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any) -> dict[str, Any]:
     # Imported here so an idle worker's processes stay small.
     from flashsr_tasks.worker_side import enhance_one
 
-    return enhance_one(job, source, known_sha256, enhancer_for)
+    outcome = enhance_one(job, source, known_sha256, enhancer_for)
+    # The chord callback deletes its members' results by these ids once it has journaled them.
+    outcome["task_id"] = task.request.id
+    return outcome
 
 
-@app.task(name=ENHANCE_TASK[GPU_QUEUE])
-def enhance_gpu(job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> dict[str, Any]:
-    return _enhance(job, source, known_sha256, gpu_enhancer)
+@app.task(name=ENHANCE_TASK[GPU_QUEUE], bind=True)
+def enhance_gpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> dict[str, Any]:
+    return _enhance(self, job, source, known_sha256, gpu_enhancer)
 
 
-@app.task(name=ENHANCE_TASK[CPU_QUEUE])
-def enhance_cpu(job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> dict[str, Any]:
+@app.task(name=ENHANCE_TASK[CPU_QUEUE], bind=True)
+def enhance_cpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> dict[str, Any]:
     from flashsr_tasks.enhancers import Resampler
 
-    return _enhance(job, source, known_sha256, Resampler)
+    return _enhance(self, job, source, known_sha256, Resampler)
 
 
 @app.task(name=MERGE_TASK)
 def merge_into_manifest(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:
-    """The chord callback: every member's record into the stage's manifest, and the counts."""
-    from flashsr_tasks.worker_side import merge_outcomes
+    """The chord callback: its members' records into the root's journal (folded into manifest.json
+    by the orchestrator at the end of the run, or by any later run), then their results out of
+    the result backend. Returns the members' outcomes, for the orchestrator's progress and summary."""
+    from flashsr_tasks.worker_side import journal_outcomes
 
-    return merge_outcomes(outcomes, root)
+    reported = journal_outcomes(outcomes, root)
+    forget_results(app, [o["task_id"] for o in outcomes if o.get("task_id")])
+    return {"outcomes": reported}
+
+
+def forget_results(celery_app: Any, task_ids: list[str]) -> None:
+    """Delete task results from the result backend: one command on Redis, one call each elsewhere."""
+    if not task_ids:
+        return
+    backend = celery_app.backend
+    client = getattr(backend, "client", None)
+    if client is not None and hasattr(backend, "get_key_for_task"):
+        client.delete(*(backend.get_key_for_task(task_id) for task_id in task_ids))
+    else:
+        for task_id in task_ids:
+            backend.forget(task_id)

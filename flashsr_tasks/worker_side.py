@@ -1,14 +1,13 @@
-"""What the tasks do around the per-file pipeline: check the message's root, process; merge
-the chord's records. Kept out of tasks.py so that module (imported by every worker's main
+"""What the tasks do around the per-file pipeline: check the message's root, process; journal
+a chord's records. Kept out of tasks.py so that module (imported by every worker's main
 process) stays free of numpy."""
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flashsr_tasks.enhancers import Enhancer
-from flashsr_tasks.manifest import merge_records
+from flashsr_tasks.manifest import append_records
 from flashsr_tasks.paths import PathRefused, check_root
 from flashsr_tasks.pipeline import Job, failed_outcome, process_file
 
@@ -16,8 +15,9 @@ from flashsr_tasks.pipeline import Job, failed_outcome, process_file
 def enhance_one(
     job_data: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Callable[[], Enhancer]
 ) -> dict[str, Any]:
-    """`known_sha256`: the input hash of the source's ok record when the orchestrator read the
-    manifest (it reads it once per run, so workers do not parse it once per file)."""
+    """`known_sha256`: the input hash of the source's ok record, sent by the orchestrator when the
+    record's size or time no longer matches the file (it reads the manifest once per run, so
+    workers do not parse it once per file)."""
     job = Job.from_dict(job_data)
     try:
         root = check_root(Path(job.root))
@@ -26,9 +26,12 @@ def enhance_one(
     return process_file(root, source, job, enhancer_for, known_sha256)
 
 
-def merge_outcomes(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:
+def journal_outcomes(outcomes: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
+    """A chord's records into the root's journal, in one write, synced: from here on they survive
+    whatever happens to the workers or the orchestrator. Returns the outcomes without the task
+    ids the members added (what the orchestrator reports)."""
     try:
-        merge_records(check_root(Path(root)), [o["record"] for o in outcomes if o.get("record")])
+        append_records(check_root(Path(root)), [o["record"] for o in outcomes if o.get("record")], sync=True)
     except PathRefused:
         pass  # a forged root: its members were refused too, and nothing is written there
-    return {"files": len(outcomes), **Counter(o["outcome"] for o in outcomes)}
+    return [{k: v for k, v in o.items() if k != "task_id"} for o in outcomes]

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dispatch to Celery workers through this broker (default: $FLASHSR_BROKER_URL; "
                              "none: run in this process)")
     parser.add_argument("--no-wait", dest="wait", action="store_false",
-                        help="with a broker: print the chord id and return at once instead of waiting")
+                        help="with a broker: send every file and return at once instead of waiting; the "
+                             "workers journal each record, and manifest.json gets them at the next run")
     parser.add_argument("--processes", type=int, metavar="N",
                         help="in-process: resample on N processes (default: every core)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
@@ -87,6 +88,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILED
     for failure in summary.failures:
         print(f"flashsr: failed: {failure['error']}", file=sys.stderr)
+    if summary.failed > len(summary.failures):
+        print(f"flashsr: … and {summary.failed - len(summary.failures)} more failed (manifest.json names each)",
+              file=sys.stderr)
     if args.json:
         json.dump(summary.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -1,4 +1,10 @@
-"""The orchestrator's side of the distributed stage: one chord per run, then wait for it.
+"""The orchestrator's side of the distributed stage: a run as a stream of bounded chords.
+
+Sources are sent in chords of `FLASHSR_CHORD_SIZE` files, with at most `FLASHSR_MAX_IN_FLIGHT`
+files sent and not yet collected; each chord's callback journals its members' records and
+deletes their results, and the orchestrator collects the callback's summary, then deletes it
+too. Whatever the run's length, the orchestrator holds a window of chords, Redis holds that
+window's messages and results, and no message holds more than one chord's records.
 
 Tasks are sent by name through a client app, so the orchestrator needs neither the model
 nor the task code. The header goes to the queue that `--device` names, and so does the
@@ -6,12 +12,25 @@ chord callback, so a stack with only one kind of worker completes.
 """
 from __future__ import annotations
 
+import collections
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from flashsr_tasks.manifest import merge_records
+from flashsr_tasks.config import positive_int_env
+from flashsr_tasks.manifest import append_records
 from flashsr_tasks.pipeline import Job, failed_outcome
+from flashsr_tasks.planning import Todo
+
+Outcome = dict[str, Any]
+# Files per chord: one callback and one journal write per chord. Small enough that a chord's
+# records (its callback's message) stay small, large enough that callbacks cost little.
+DEFAULT_CHORD_SIZE = 100
+# Files sent and not yet collected. Redis holds about 4 KB per file in flight (message, result,
+# chord entry), so this bounds Redis' memory for a run of any length; it is far above what
+# the workers hold (their prefetch), so they never wait for the orchestrator.
+DEFAULT_MAX_IN_FLIGHT = 2000
 
 
 def queue_for(device: str) -> str:
@@ -20,54 +39,132 @@ def queue_for(device: str) -> str:
     return GPU_QUEUE if device.startswith("cuda") else CPU_QUEUE
 
 
+@dataclass
+class _Chord:
+    callback: Any          # AsyncResult of the chord's callback
+    members: list[tuple[str, str]]  # (task id, source)
+
+
 def run_distributed(
     job: Job,
-    sources: Sequence[str],
-    known: dict[str, str],
+    work: Iterable[Union[Todo, Outcome]],
     broker: str,
     wait: bool,
-    on_outcome: Callable[[dict[str, Any]], None],
+    on_outcome: Callable[[Outcome], None],
     timeout_s: Optional[float] = None,
-) -> Optional[str]:
-    """Dispatch `sources` as one chord; with `wait`, report each outcome as it completes and
-    return None once the manifest is merged; without, return the chord's id at once."""
+) -> int:
+    """Send the Todos of `work` as chords; outcomes already decided (skips) go straight to
+    `on_outcome`. With `wait`, report every outcome as its chord completes and return once all
+    are journaled; without, return once every chord is sent. Returns the number of chords sent."""
+    from flashsr_tasks.celery import make_app
+
+    chord_size = positive_int_env("FLASHSR_CHORD_SIZE", DEFAULT_CHORD_SIZE)
+    max_in_flight = max(chord_size, positive_int_env("FLASHSR_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT))
+    app = None
+    window: collections.deque[_Chord] = collections.deque()
+    in_flight = sent = 0
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        for chunk in _chunks(work, chord_size, on_outcome):
+            if app is None:  # connect only when there is something to send: a re-run that skips all never does
+                app = make_app(broker, collector=True)
+                _check_reachable(app, broker)
+            while wait and window and in_flight + len(chunk) > max_in_flight:
+                in_flight -= _collect(app, window.popleft(), job, on_outcome, deadline)
+            window.append(_send(app, job, chunk, wait))
+            in_flight += len(chunk)
+            sent += 1
+            if not wait:
+                window.clear()  # nobody collects: hold nothing
+        while window:
+            _collect(app, window.popleft(), job, on_outcome, deadline)
+        return sent
+    finally:
+        if app is not None:
+            # The Redis result backend unsubscribes from the result objects' destructors at
+            # interpreter exit, noisily; unsubscribe now, while the connection is alive.
+            for chord in window:
+                app.backend.result_consumer.cancel_for(chord.callback.id)
+            app.close()
+
+
+def _chunks(work: Iterable[Union[Todo, Outcome]], size: int, on_outcome: Callable[[Outcome], None]) -> Iterator[list[Todo]]:
+    chunk: list[Todo] = []
+    for item in work:
+        if isinstance(item, dict):
+            on_outcome(item)
+            continue
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _send(app: Any, job: Job, chunk: list[Todo], wait: bool) -> _Chord:
     from celery import chord
+    from celery.utils import uuid
 
-    from flashsr_tasks.celery import ENHANCE_TASK, MERGE_TASK, make_app
+    from flashsr_tasks.celery import ENHANCE_TASK, MERGE_TASK
 
-    if not sources:
-        return None
-    app = make_app(broker)
-    _check_reachable(app, broker)
     queue = queue_for(job.device)
-    header = [app.signature(ENHANCE_TASK[queue], args=(job.to_dict(), s, known.get(s)), queue=queue) for s in sources]
-    callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue)
+    job_data = job.to_dict()
+    members = [(uuid(), todo.source) for todo in chunk]
+    header = [
+        app.signature(ENHANCE_TASK[queue], args=(job_data, todo.source, todo.known_sha256), queue=queue, task_id=task_id)
+        for (task_id, _), todo in zip(members, chunk)
+    ]
+    # Nobody will collect the summary of a run sent without waiting: do not store it.
+    callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue, ignore_result=not wait)
     try:
         result = chord(header, app=app)(callback)
     except Exception as exc:
         raise ConnectionError(f"cannot reach the broker ({type(exc).__name__}: {exc})") from None
-    try:
-        if not wait:
-            return result.id
-        records: list[dict[str, Any]] = []
+    return _Chord(callback=result, members=members)
 
-        def collect(outcome: dict[str, Any]) -> None:
-            if outcome.get("record"):
-                records.append(outcome["record"])
-            on_outcome(outcome)
 
-        if not _follow(result, dict(zip((m.id for m in result.parent.results), sources)), collect, timeout_s):
-            # A member raised (a hard time limit), so the callback will not run: merge here what
-            # the other members returned, as it would have.
-            merge_records(Path(job.root), records)
-        return None
-    finally:
-        # The Redis result backend subscribes to every sent task's result channel and would
-        # unsubscribe from the result objects' destructors at interpreter exit, noisily;
-        # unsubscribe now, while the connection is alive.
-        for task_id in [result.id, *(member.id for member in result.parent.results)]:
-            app.backend.result_consumer.cancel_for(task_id)
-        app.close()
+def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], None], deadline: Optional[float]) -> int:
+    """Wait for one chord's callback, report its outcomes, delete what it left in Redis."""
+    timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
+    value = chord.callback.get(timeout=timeout, propagate=False)
+    if chord.callback.successful():
+        outcomes = value["outcomes"]
+    else:
+        # A member raised (a hard time limit), so the callback did not run: journal what the
+        # other members returned, as it would have, and a failed record for the one that raised.
+        outcomes = _recover(app, chord)
+        append_records(Path(job.root), [o["record"] for o in outcomes if o.get("record")], sync=True)
+    for outcome in outcomes:
+        on_outcome(outcome)
+    chord.callback.forget()
+    _forget_chord_marker(app, chord.callback.parent)
+    return len(chord.members)
+
+
+def _recover(app: Any, chord: _Chord) -> list[Outcome]:
+    from flashsr_tasks.tasks import forget_results
+
+    outcomes = []
+    for task_id, source in chord.members:
+        value = app.AsyncResult(task_id).get(timeout=10, propagate=False)
+        if isinstance(value, dict) and "outcome" in value:
+            outcomes.append({k: v for k, v in value.items() if k != "task_id"})
+        else:
+            outcomes.append(failed_outcome(source, f"failed on its worker ({type(value).__name__}: {value})"))
+    forget_results(app, [task_id for task_id, _ in chord.members])
+    return outcomes
+
+
+def _forget_chord_marker(app: Any, group: Any) -> None:
+    """Celery's Redis backend leaves a 'done' marker per chord for five minutes (it stops a late
+    duplicate of a member from firing the callback twice); a collected chord needs it no more.
+    Deleted only once it says done, so a callback still being published keeps its claim."""
+    client = getattr(app.backend, "client", None)
+    if client is None or group is None or not hasattr(app.backend, "get_key_for_group"):
+        return
+    key = app.backend.get_key_for_group(group.id, ".c")
+    client.eval("if redis.call('GET', KEYS[1]) == 'done' then return redis.call('DEL', KEYS[1]) end return 0", 1, key)
 
 
 def _check_reachable(app: Any, broker: str) -> None:
@@ -83,26 +180,3 @@ def _check_reachable(app: Any, broker: str) -> None:
     except Exception as exc:
         detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ConnectionError(f"cannot reach the broker at {maybe_sanitize_url(broker)} ({detail})") from None
-
-
-def _follow(
-    result: Any, sources: dict[str, str], on_outcome: Callable[[dict[str, Any]], None], timeout_s: Optional[float]
-) -> bool:
-    """Report each member's outcome as it arrives (pushed by the result backend, not polled),
-    then wait for the callback's merge. False when a member raised and the callback will not run."""
-    started = time.monotonic()
-
-    def arrived(task_id: str, value: Any) -> None:
-        on_outcome(value if isinstance(value, dict) else _lost(sources[task_id], value))
-
-    result.parent.join_native(timeout=timeout_s, propagate=False, callback=arrived)
-    remaining = None if timeout_s is None else max(1.0, timeout_s - (time.monotonic() - started))
-    if any(m.failed() for m in result.parent.results):
-        return False
-    result.get(timeout=remaining, propagate=False)
-    return True
-
-
-def _lost(source: str, error: Any) -> dict[str, Any]:
-    """A member that raised instead of returning a record: still an outcome and a record."""
-    return failed_outcome(source, f"failed on its worker ({type(error).__name__}: {error})")

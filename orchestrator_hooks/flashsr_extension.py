@@ -15,7 +15,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from orchestrator_hooks.summary import RunSummary
 
@@ -30,8 +30,10 @@ class FlashSRExtension:
     """Enhance every selected audio file under `output_root` (a folder, or one file) and record
     the results in the root's manifest.json.
 
-    With a broker (argument or FLASHSR_BROKER_URL) the files go to Celery workers as one chord;
-    without one they are processed in this process. `run()` returns a `RunSummary`.
+    With a broker (argument or FLASHSR_BROKER_URL) the files go to Celery workers as a stream of
+    bounded chords; without one they are processed in this process. Either way the state held
+    stays bounded whatever the number of files, and every finished file's record is journaled
+    at once (manifest.json has them all when `run()` returns). `run()` returns a `RunSummary`.
     """
 
     def __init__(
@@ -59,9 +61,10 @@ class FlashSRExtension:
         self.processes = processes
 
     def run(self, on_outcome: Optional[Callable[[dict[str, Any]], None]] = None) -> RunSummary:
-        from flashsr_tasks.manifest import ok_hashes, read_manifest
+        from flashsr_tasks.manifest import fold
         from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name
         from flashsr_tasks.pipeline import Job
+        from flashsr_tasks.planning import known_records, plan
 
         started = time.perf_counter()
         root, sources = self._root_and_sources(discover_sources, is_output_name)
@@ -71,8 +74,13 @@ class FlashSRExtension:
             raise UsageError(f"{self.input}: {exc}") from None
         job = Job(root=str(checked_root), device=self.device, model_dir=self.model_dir,
                   force=self.force, overwrite=self.overwrite)
-        summary = RunSummary(root=str(root), files=len(sources), mode="distributed" if self.broker else "in-process")
-        bar = _progress_bar(len(sources), self.progress)
+        summary = RunSummary(root=str(root), mode="distributed" if self.broker else "in-process")
+        bar = _progress_bar(self.progress)
+
+        def counted(names: Iterable[str]) -> Iterator[str]:
+            for name in names:
+                summary.files += 1
+                yield name
 
         def collect(outcome: dict[str, Any]) -> None:
             summary.add(outcome)
@@ -80,22 +88,27 @@ class FlashSRExtension:
             if on_outcome:
                 on_outcome(outcome)
 
-        known = ok_hashes(read_manifest(checked_root))  # what a re-run may skip
+        fold(checked_root)  # what a killed run left in the journal
+        # Everything below streams: sources are found, judged, sent and collected a few at a time.
+        work = plan(checked_root, counted(sources), job, known_records(checked_root))
         try:
             if self.broker:
                 from orchestrator_hooks.dispatch import run_distributed
 
-                summary.chord_id = run_distributed(job, sources, known, self.broker, self.wait, collect)
+                summary.chords = run_distributed(job, work, self.broker, self.wait, collect)
+                summary.waited = self.wait
             else:
                 from flashsr_tasks.runner import run_in_process
 
-                run_in_process(checked_root, sources, job, known, collect, self.processes)
+                run_in_process(checked_root, job, work, collect, self.processes)
         finally:
             bar.close()
+            if self.wait or not self.broker:
+                fold(checked_root)  # also after Ctrl-C: what finished is in manifest.json at once
         summary.elapsed_s = round(time.perf_counter() - started, 3)
         return summary
 
-    def _root_and_sources(self, discover, is_output_name) -> tuple[Path, list[str]]:
+    def _root_and_sources(self, discover, is_output_name) -> tuple[Path, Iterable[str]]:
         if self.input.is_dir():
             return self.input, discover(self.input)
         if self.input.is_file():
@@ -153,7 +166,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
+def _progress_bar(enabled: Optional[bool]) -> Any:
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return _NoBar()
     from tqdm import tqdm
@@ -161,7 +174,8 @@ def _progress_bar(total: int, enabled: Optional[bool]) -> Any:
     # No monitor thread: the in-process runner forks its pool after the bar exists.
     tqdm.monitor_interval = 0
     # enabled=None: a bar on a terminal, nothing in logs and pipes
-    return tqdm(total=total, unit="file", desc="flashsr", disable=None if enabled is None else not enabled,
+    # No total: sources are found as the run goes, so the bar counts files and shows the rate.
+    return tqdm(unit="file", desc="flashsr", disable=None if enabled is None else not enabled,
                 dynamic_ncols=True, leave=False)
 
 

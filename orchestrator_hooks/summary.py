@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
+
+# Failures listed by name; beyond this only counted (manifest.json names every one), so the
+# summary of a run over a broken archive stays small.
+MAX_LISTED_FAILURES = 100
 
 
 @dataclass
@@ -10,14 +14,15 @@ class RunSummary:
     root: str
     files: int = 0          # audio files found under the root
     enhanced: int = 0       # outputs written (method flashsr or resample)
-    skipped: int = 0        # output current already (same input sha256)
+    skipped: int = 0        # output current already (same input, output whole)
     unselected: int = 0     # full-band at a full rate: nothing to do
     failed: int = 0
     methods: dict[str, int] = field(default_factory=dict)
-    failures: list[dict[str, str]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)  # the first MAX_LISTED_FAILURES
     elapsed_s: float = 0.0
     mode: str = "in-process"
-    chord_id: Optional[str] = None  # set when dispatched without waiting
+    chords: int = 0         # chords sent (distributed)
+    waited: bool = True     # False: sent with --no-wait, outcomes not collected
 
     @property
     def ok(self) -> bool:
@@ -30,15 +35,19 @@ class RunSummary:
         if kind == "enhanced":
             method = record.get("method", "?")
             self.methods[method] = self.methods.get(method, 0) + 1
-        elif kind == "failed":
+        elif kind == "failed" and len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append({"source": outcome["source"], "error": record.get("error", "failed")})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def line(self) -> str:
-        if self.chord_id:
-            return f"flashsr: dispatched {self.files} files as chord {self.chord_id} (not waiting)"
+        if not self.waited:
+            sent = self.files - self.skipped
+            return (
+                f"flashsr: {self.files} files: {sent} sent as {self.chords} chords (not waiting), "
+                f"{self.skipped} skipped; records reach {self.root}/manifest.json as the workers finish"
+            )
         methods = ", ".join(f"{n} {m}" for m, n in sorted(self.methods.items()))
         return (
             f"flashsr: {self.files} files: {self.enhanced} enhanced"

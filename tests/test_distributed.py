@@ -117,8 +117,8 @@ def test_routing_by_device_and_a_stack_with_only_cpu_workers(tmp_path, redis_ser
     # --device cuda goes to the gpu queue, which nobody serves here: the tasks wait there
     other = tmp_path / "other"
     calls(other, 2)
-    chord_id = FlashSRExtension(other, device="cuda:1", broker=redis_server.url, wait=False, progress=False).run().chord_id
-    assert chord_id
+    sent = FlashSRExtension(other, device="cuda:1", broker=redis_server.url, wait=False, progress=False).run()
+    assert (sent.chords, sent.waited, sent.files) == (1, False, 2)
     client = redis_server.client()
     wait_for(lambda: client.llen("gpu") == 2, 10, "two messages on the gpu queue")
     time.sleep(1)
@@ -130,13 +130,17 @@ def test_chord_with_a_failing_member_still_merges_and_a_duplicate_leaves_one_rec
     root = tmp_path / "stage"
     names = calls(root, 3)
     (root / "empty.wav").write_bytes(b"")
+    from flashsr_tasks.manifest import fold
     from flashsr_tasks.pipeline import Job
+    from flashsr_tasks.planning import Todo
     from orchestrator_hooks.dispatch import run_distributed
 
     outcomes = []
     job = Job(root=str(root.resolve()), device="cpu")
     # call_000 twice in one chord: a task delivered twice
-    run_distributed(job, [*names, names[0], "empty.wav"], {}, redis_server.url, True, outcomes.append, timeout_s=60)
+    todos = [Todo(name, None) for name in [*names, names[0], "empty.wav"]]
+    run_distributed(job, todos, redis_server.url, True, outcomes.append, timeout_s=60)
+    fold(root)
     kinds = sorted(o["outcome"] for o in outcomes)
     # the second delivery finds the first one's output and record, or redoes it if both ran at once
     assert kinds in (["enhanced"] * 4 + ["failed"], ["enhanced"] * 3 + ["failed", "skipped"])
@@ -212,12 +216,16 @@ def test_two_orchestrators_write_one_manifest_at_once(tmp_path, redis_server, wo
     results = {}
 
     def orchestrate(part: str) -> None:
+        from flashsr_tasks.manifest import fold
         from flashsr_tasks.pipeline import Job
+        from flashsr_tasks.planning import Todo
         from orchestrator_hooks.dispatch import run_distributed
 
         job = Job(root=str(root.resolve()), device="cpu")
         out = []
-        run_distributed(job, [f"{part}/call_{i:03d}.wav" for i in range(6)], {}, redis_server.url, True, out.append, 60)
+        todos = [Todo(f"{part}/call_{i:03d}.wav", None) for i in range(6)]
+        run_distributed(job, todos, redis_server.url, True, out.append, 60)
+        fold(root)
         results[part] = out
 
     threads = [threading.Thread(target=orchestrate, args=(p,)) for p in ("a", "b")]

@@ -1,0 +1,67 @@
+"""Which discovered sources need work: a re-run decides without reading the files.
+
+An ok record remembers its source's size and modification time. When both still match and
+the output is whole, the file is skipped here, in the orchestrator or the runner: no hash, no
+task. Otherwise the file gets a task, with the record's input hash when there is one, so the
+per-file work can still skip a file that was only touched (same content, new time).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Optional, Union
+
+from flashsr_tasks.audio import output_is_whole
+from flashsr_tasks.manifest import records_by_source
+from flashsr_tasks.paths import output_path_for
+from flashsr_tasks.pipeline import SKIPPED, Job
+
+
+class Known(NamedTuple):
+    """What a re-run needs of a source's ok record (a few hundred bytes a source)."""
+
+    input_sha256: str
+    size: Optional[int]
+    mtime_ns: Optional[int]
+
+
+class Todo(NamedTuple):
+    """A source that needs the per-file work; `known_sha256`: its ok record's input hash."""
+
+    source: str
+    known_sha256: Optional[str]
+
+
+def known_records(root: Path) -> dict[str, Known]:
+    """The root's ok records (manifest.json and journal), by source."""
+    return records_by_source(root, _known)
+
+
+def _known(record: dict[str, Any]) -> Optional[Known]:
+    if record.get("status") != "ok" or not isinstance(record.get("input_sha256"), str):
+        return None
+    return Known(record["input_sha256"], record.get("source_size"), record.get("source_mtime_ns"))
+
+
+def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known]) -> Iterator[Union[Todo, dict[str, Any]]]:
+    """For each source, a skipped outcome (decided here) or a Todo. Entries of `known` are
+    dropped as their sources go by, so the table shrinks as the run goes on."""
+    for source in sources:
+        entry = known.pop(source, None)
+        if entry is None or job.overwrite:
+            yield Todo(source, None)
+        elif _unchanged(root, source, entry):
+            yield {"source": source, "outcome": SKIPPED, "record": None}
+        else:
+            yield Todo(source, entry.input_sha256)
+
+
+def _unchanged(root: Path, source: str, entry: Known) -> bool:
+    if entry.size is None or entry.mtime_ns is None:
+        return False  # a record written before sizes and times were kept: hash it
+    path = Path(root, source)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return stat.st_size == entry.size and stat.st_mtime_ns == entry.mtime_ns and output_is_whole(output_path_for(path))
