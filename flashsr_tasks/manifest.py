@@ -35,10 +35,11 @@ RECORDS_KEY = "enhancements"
 RECORD_TYPE = "flashsr"
 # A worker can wait behind another run's fold; an hour means something is stuck for real.
 LOCK_TIMEOUT_S = 3600
-# Fold while a run goes on once the journal is larger than both of these. The floor keeps small
-# runs to the one fold at their end; the ratio makes the manifest at least 5× larger at each
-# fold, so a run writes at most ~2.3× the final manifest in all (journal included).
-FOLD_FLOOR_BYTES = 64 << 20
+# Fold while a run goes on once the journal is larger than both of these. The floor keeps runs
+# below ~200,000 files to the one fold at their end (2× the final manifest written in all,
+# journal included); above it, the ratio makes the manifest 5× larger at each fold, so a run
+# writes at most 3.25× the final manifest, and typically about 2.5×.
+FOLD_FLOOR_BYTES = 128 << 20
 FOLD_RATIO = 4
 
 
@@ -141,8 +142,11 @@ def _fold_locked(root: Path) -> int:
             out.flush()
             os.fsync(out.fileno())
     _fsync_folder(root)
+    journal_bytes = _size_of(path)
     # Only now: until the new manifest is durable, the journal is the only copy of its records.
     _remove(path)
+    log.info("folded %d records (%d journal bytes) into %s (%d bytes)",
+             count, journal_bytes, MANIFEST_NAME, _size_of(manifest_path(root)))
     return count
 
 

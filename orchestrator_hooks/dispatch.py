@@ -138,7 +138,7 @@ def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], 
     for outcome in outcomes:
         on_outcome(outcome)
     chord.callback.forget()
-    _forget_chord_marker(app, chord.callback.parent)
+    _forget_chord_state(app, chord.callback.parent, failed=not chord.callback.successful())
     return len(chord.members)
 
 
@@ -156,15 +156,31 @@ def _recover(app: Any, chord: _Chord) -> list[Outcome]:
     return outcomes
 
 
-def _forget_chord_marker(app: Any, group: Any) -> None:
-    """Celery's Redis backend leaves a 'done' marker per chord for five minutes (it stops a late
-    duplicate of a member from firing the callback twice); a collected chord needs it no more.
-    Deleted only once it says done, so a callback still being published keeps its claim."""
+def _forget_chord_state(app: Any, group: Any, failed: bool) -> None:
+    """What Celery's Redis backend leaves of a collected chord. After success, a 'done' marker
+    kept five minutes (it stops a late duplicate of a member from firing the callback twice),
+    deleted only once it says done, so a callback still being published keeps its claim. After a
+    failed member, the chord's saved results too, kept until they expire (a day)."""
     client = getattr(app.backend, "client", None)
     if client is None or group is None or not hasattr(app.backend, "get_key_for_group"):
         return
-    key = app.backend.get_key_for_group(group.id, ".c")
-    client.eval("if redis.call('GET', KEYS[1]) == 'done' then return redis.call('DEL', KEYS[1]) end return 0", 1, key)
+    key = app.backend.get_key_for_group
+    if failed:
+        client.delete(*(key(group.id, suffix) for suffix in (".j", ".t", ".s", ".d", ".c")))
+        return
+    # The worker that published the callback marks the chord done just after; the callback can
+    # finish first, so give the marker a moment.
+    deadline = time.monotonic() + 2
+    while client.eval(_DELETE_IF_DONE, 1, key(group.id, ".c")) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+_DELETE_IF_DONE = """
+local value = redis.call('GET', KEYS[1])
+if value == 'done' then return redis.call('DEL', KEYS[1]) end
+if value then return 0 end
+return -1
+"""
 
 
 def _check_reachable(app: Any, broker: str) -> None:
