@@ -286,7 +286,8 @@ def test_cpu_worker_never_loads_torch(tmp_path, redis_server, workers):
 
 
 def test_a_member_killed_by_the_hard_time_limit_still_leaves_every_record(tmp_path, redis_server, workers):
-    """The callback cannot run when a member raises; the waiting orchestrator merges instead."""
+    """The callback cannot run when a member raises; the waiting orchestrator journals the other
+    members' records instead, as the callback would have."""
     workers("cpu", concurrency=2, FLASHSR_TASK_TIME_LIMIT="3")
     root = tmp_path / "stage"
     names = calls(root, 3)
@@ -296,3 +297,10 @@ def test_a_member_killed_by_the_hard_time_limit_still_leaves_every_record(tmp_pa
     found = records(root)
     assert sorted(found) == sorted([*names, "stuck.wav"])
     assert found["stuck.wav"]["status"] == "failed" and "TimeLimitExceeded" in found["stuck.wav"]["error"]
+    # the orchestrator journaled the chord's records and removed its results and state
+    client = redis_server.client()
+    deadline = time.monotonic() + 10
+    while client.exists("unacked") and time.monotonic() < deadline:  # the worker acks the last task
+        time.sleep(0.1)
+    keys = [k.decode() for k in client.keys("*")]
+    assert not [k for k in keys if not k.startswith("_kombu.")] and len(keys) <= 5, keys
