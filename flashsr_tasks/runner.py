@@ -39,7 +39,7 @@ def run_in_process(
         outcomes.append(outcome)
         if on_outcome:
             on_outcome(outcome)
-    merge_records(root, [o["record"] for o in outcomes if o["record"] is not None])
+    merge_records(job.manifest_root, [o["record"] for o in outcomes if o["record"] is not None])
     return outcomes
 
 

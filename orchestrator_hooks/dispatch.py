@@ -41,7 +41,7 @@ def run_distributed(
     _check_reachable(app, broker)
     queue = queue_for(job.device)
     header = [app.signature(ENHANCE_TASK[queue], args=(job.to_dict(), s, known.get(s)), queue=queue) for s in sources]
-    callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue)
+    callback = app.signature(MERGE_TASK, args=(str(job.manifest_root),), queue=queue)
     try:
         result = chord(header, app=app)(callback)
     except Exception as exc:
@@ -59,7 +59,7 @@ def run_distributed(
         if not _follow(result, dict(zip((m.id for m in result.parent.results), sources)), collect, timeout_s):
             # A member raised (a hard time limit), so the callback will not run: merge here what
             # the other members returned, as it would have.
-            merge_records(Path(job.root), records)
+            merge_records(job.manifest_root, records)
         return None
     finally:
         # The Redis result backend subscribes to every sent task's result channel and would

@@ -18,6 +18,7 @@ class RunSummary:
     elapsed_s: float = 0.0
     mode: str = "in-process"
     chord_id: Optional[str] = None  # set when dispatched without waiting
+    output_dir: Optional[str] = None  # --output_dir: outputs and manifest.json are there
 
     @property
     def ok(self) -> bool:
@@ -44,5 +45,5 @@ class RunSummary:
             f"flashsr: {self.files} files: {self.enhanced} enhanced"
             + (f" ({methods})" if methods else "")
             + f", {self.skipped} skipped, {self.unselected} full-band, {self.failed} failed"
-            + f" in {self.elapsed_s:.1f} s ({self.mode}); manifest: {self.root}/manifest.json"
+            + f" in {self.elapsed_s:.1f} s ({self.mode}); manifest: {self.output_dir or self.root}/manifest.json"
         )
