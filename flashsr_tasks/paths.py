@@ -91,18 +91,25 @@ def output_path_for(source_path: Path, root: Optional[Path] = None, output_dir: 
 
 def output_owner(source_path: Path) -> Optional[str]:
     """The name of another source beside `source_path` that owns the same output name (a.wav and
-    a.mp3 both give a_flashsr.wav), or None. The owner is the one whose name sorts first, so
-    every worker decides the same way without listing the folder."""
+    a.mp3 both give a_flashsr.wav), or None. The owner is the one whose extension comes first in
+    AUDIO_SUFFIXES (a WAV keeps the output it had before other formats were read), then by
+    name, so every worker decides the same way without listing the folder."""
     name = output_name_for(source_path.name)
     stem = source_path.stem
+    mine = _rank(source_path.name)
     rivals = sorted(
-        candidate
+        (_rank(candidate), candidate)
         for suffix in AUDIO_SUFFIXES
         for candidate in {stem + suffix, stem + suffix.upper()}
-        if candidate < source_path.name and output_name_for(candidate) == name
+        if _rank(candidate) < mine and output_name_for(candidate) == name
         and _another_file(source_path.parent / candidate, source_path)
     )
-    return rivals[0] if rivals else None
+    return rivals[0][1] if rivals else None
+
+
+def _rank(name: str) -> tuple[int, str]:
+    suffix = PurePosixPath(name).suffix.lower()
+    return (AUDIO_SUFFIXES.index(suffix) if suffix in AUDIO_SUFFIXES else len(AUDIO_SUFFIXES), name)
 
 
 def _another_file(candidate: Path, source_path: Path) -> bool:
