@@ -234,7 +234,9 @@ def _download(repo: str, repo_type: str, revision: str, cache: Path, local_dir: 
         # No network, DNS failure, refused connection, timeout, Hub down, or a full disk.
         cause = exc.__cause__ or exc
         status = getattr(getattr(cause, "response", None), "status_code", None)
-        if status:
+        if status == 404:
+            why = "the Hub answered HTTP 404: check FLASHSR_WEIGHTS_REPO and FLASHSR_WEIGHTS_REPO_TYPE"
+        elif status:
             why = f"the Hub answered HTTP {status}"
         elif isinstance(cause, OSError) and cause.errno:  # e.g. no space left in the cache
             why = f"{cause.strerror} in {cache}"
