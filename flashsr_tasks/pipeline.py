@@ -81,9 +81,10 @@ def process_file(
     source_path: Optional[Path] = None
     try:
         source_path = resolve_source(root, source)
-        output_path = output_path_for(source_path, root, Path(job.output_dir) if job.output_dir else None)
+        output_dir = Path(job.output_dir) if job.output_dir else None
+        output_path = output_path_for(source_path, root, output_dir)
         record["output_name"] = output_path.name
-        record["output_path"] = relative_posix(job.manifest_root if job.output_dir else root, output_path)
+        record["output_path"] = relative_posix(output_dir or root, output_path)
         if source_path.is_dir():
             raise AudioError("is a folder, not an audio file")
         if not source_path.exists():
@@ -108,8 +109,8 @@ def process_file(
         gain = fit_full_scale(out, peak)
         output_format = output_format_of(output_path)
         subtype = output_subtype(src.subtype, output_format)
-        if job.output_dir:
-            output_path.parent.mkdir(parents=True, exist_ok=True)
+        if output_dir is not None:
+            output_path.parent.mkdir(parents=True, exist_ok=True)  # the source's folder, mirrored
         write_output(output_path, out, OUTPUT_RATE, subtype)
         record.update(
             status="ok",
