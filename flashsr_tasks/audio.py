@@ -6,7 +6,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import soundfile as sf
@@ -15,8 +15,14 @@ from flashsr_tasks.atomic import atomic_path
 
 # Sample formats an output keeps from its source; anything else (μ-law, A-law, 8-bit, ADPCM…)
 # becomes PCM_16, which holds all of their resolution.
+# Lossy sources (MP3, Vorbis, Opus) hold no more than 16 bits' worth either.
 KEPT_SUBTYPES = frozenset({"PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"})
 FALLBACK_SUBTYPE = "PCM_16"
+# FLAC holds integers of up to 24 bits only.
+FLAC_SUBTYPES = frozenset({"PCM_16", "PCM_24"})
+# Formats whose header states the exact length: decoding fewer frames means a cut file.
+# (Lossy formats only estimate it, and Ogg has no length field at all.)
+_EXACT_LENGTH_FORMATS = frozenset({"FLAC", "WAV", "WAVEX", "RF64", "W64", "AIFF", "CAF", "AU", "NIST"})
 # A classic RIFF/WAV header cannot describe more than 4 GiB; RF64 can.
 _RIFF_LIMIT = 0xFFFFFFFF - 1024
 _BLOCK_FRAMES = 1 << 16  # converted and written this many frames at a time
@@ -32,6 +38,7 @@ class Source:
     audio: np.ndarray  # float32 [frames, channels]
     rate: int
     subtype: str
+    format: str = "WAV"  # libsndfile's container name: WAV, FLAC, OGG, MP3, AIFF…
 
 
 def sha256_of(path: Path) -> str:
@@ -44,8 +51,7 @@ def read_source(path: Path) -> Source:
     _check_not_truncated(path)
     try:
         with sf.SoundFile(str(path)) as handle:
-            subtype = handle.subtype
-            rate = handle.samplerate
+            subtype, rate, container, announced = handle.subtype, handle.samplerate, handle.format, handle.frames
             audio = handle.read(dtype="float32", always_2d=True)
     except sf.LibsndfileError as exc:
         raise AudioError(f"cannot be read as audio ({_sentence(exc.error_string)})") from None
@@ -53,13 +59,36 @@ def read_source(path: Path) -> Source:
         raise AudioError(f"cannot be read as audio ({_sentence(str(exc).rsplit(': ', 1)[-1])})") from None
     if audio.shape[0] == 0:
         raise AudioError("holds no audio samples")
+    if container in _EXACT_LENGTH_FORMATS and audio.shape[0] < announced:
+        raise AudioError(
+            f"is truncated: its header announces {announced} frames but only {audio.shape[0]} could be decoded")
     if not math.isfinite(peak_of(audio)):
         raise AudioError("contains non-finite samples (NaN or infinity)")
-    return Source(audio=audio, rate=rate, subtype=subtype)
+    return Source(audio=audio, rate=rate, subtype=subtype, format=container)
 
 
-def output_subtype(source_subtype: str) -> str:
-    return source_subtype if source_subtype in KEPT_SUBTYPES else FALLBACK_SUBTYPE
+def describe(path: Path) -> dict[str, Any]:
+    """What the header of a source says (for a failed record), `{}` when it cannot be opened."""
+    try:
+        info = sf.info(str(path))
+    except Exception:  # not audio at all, unreadable: nothing known
+        return {}
+    return {"input_format": info.format, "input_subtype": info.subtype,
+            "input_sample_rate": int(info.samplerate), "channels": int(info.channels)}
+
+
+def output_subtype(source_subtype: str, output_format: str = "WAV") -> str:
+    """The sample format of an output: the source's when a PCM/float format the output can hold,
+    else PCM_16 (lossy, μ-law, 8-bit…); a FLAC output takes 24 bits for anything wider."""
+    subtype = source_subtype if source_subtype in KEPT_SUBTYPES else FALLBACK_SUBTYPE
+    if output_format == "FLAC" and subtype not in FLAC_SUBTYPES:
+        return "PCM_24"
+    return subtype
+
+
+def output_format_of(path: Path) -> str:
+    """The container an output path asks for: FLAC for `.flac`, else WAV."""
+    return "FLAC" if path.suffix.lower() == ".flac" else "WAV"
 
 
 def peak_of(audio: np.ndarray) -> float:
@@ -85,9 +114,11 @@ def fit_full_scale(audio: np.ndarray, peak: Optional[float] = None) -> float:
 
 
 def write_output(path: Path, audio: np.ndarray, rate: int, subtype: str) -> None:
-    """Write a WAV that appears whole or not at all."""
+    """Write a WAV (or, for a `.flac` path, a FLAC) that appears whole or not at all."""
     size = audio.size * _BYTES_PER_SAMPLE.get(subtype, 4)
-    container = "RF64" if size > _RIFF_LIMIT else "WAV"
+    container = output_format_of(path)
+    if container == "WAV" and size > _RIFF_LIMIT:
+        container = "RF64"
     # Through a Python file object: soundfile's path API fsyncs every file on close, which on
     # these disks costs more than the resampling; a killed run still leaves nothing partial.
     with atomic_path(path) as tmp, open(tmp, "wb") as handle, sf.SoundFile(
@@ -111,14 +142,32 @@ def _pcm16(block: np.ndarray) -> np.ndarray:
 
 def output_is_whole(path: Path) -> bool:
     """Whether an existing output can be trusted by a re-run: a WAV header and all the audio it
-    announces. Outputs are renamed into place but not fsynced (per file, that halves throughput);
-    after a power cut an output can be empty or cut short while its record says ok, and it must
-    then be redone rather than skipped."""
+    announces, or a FLAC whose last frames decode. Outputs are renamed into place but not fsynced
+    (per file, that halves throughput); after a power cut an output can be empty or cut short
+    while its record says ok, and it must then be redone rather than skipped."""
     try:
-        _check_not_truncated(path, wav_only=True)
-    except (OSError, AudioError):
+        if output_format_of(path) == "FLAC":
+            _check_flac_whole(path)
+        else:
+            _check_not_truncated(path, wav_only=True)
+    except (OSError, AudioError, sf.LibsndfileError, RuntimeError):
         return False
     return True
+
+
+def _check_flac_whole(path: Path) -> None:
+    """A FLAC's STREAMINFO states its length; a cut file cannot seek to (or decode) its last
+    frames. Decoding only the tail keeps a re-run's check cheap."""
+    with open(path, "rb") as raw:
+        if raw.read(4) != b"fLaC":
+            raise AudioError("is not a FLAC file")
+    with sf.SoundFile(str(path)) as handle:
+        if handle.frames <= 0:
+            raise AudioError("holds no audio samples")
+        tail = min(handle.frames, 4096)
+        handle.seek(handle.frames - tail)
+        if handle.read(tail).shape[0] != tail:
+            raise AudioError("is truncated")
 
 
 def _sentence(text: str) -> str:

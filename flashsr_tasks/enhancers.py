@@ -54,7 +54,8 @@ def load_enhancer(device: str = "cuda", model_dir: Optional[str] = None) -> Enha
     try:
         from flashsr_tasks.model import ModelUnavailable, load_flashsr
     except ImportError as exc:  # torch or the FlashSR library is not installed
-        reason = f"the FlashSR model needs the 'model' extra (pip install 'flashsr[model]'): {exc}"
+        reason = (f"the FlashSR model needs the 'model' extra (pip install --no-deps polflashsr==0.0.2 && "
+                  f"pip install 'flashsr[model]'): {exc}")
     else:
         try:
             return load_flashsr(device=device, model_dir=model_dir)

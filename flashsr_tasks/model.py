@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SEED = 0  # fixed noise per batch: the same input gives the same output (on the same device and batch size)
-_INSTALL_HINT = "install the 'model' extra (pip install 'flashsr[model]')"
+_INSTALL_HINT = "install the 'model' extra (pip install --no-deps polflashsr==0.0.2 && pip install 'flashsr[model]')"
 _torch_load_lock = threading.Lock()
 
 

@@ -13,8 +13,16 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 from flashsr_tasks.manifest import MANIFEST_NAME
 
-OUTPUT_SUFFIX = "_flashsr.wav"
-AUDIO_SUFFIXES = (".wav", ".wave")
+OUTPUT_MARK = "_flashsr"  # <stem>_flashsr.<ext>: our outputs, never taken as inputs
+OUTPUT_SUFFIX = OUTPUT_MARK + ".wav"
+# What libsndfile reads (lower-case names; matched case-insensitively). A FLAC source gets a
+# FLAC output (lossless, about half the size); every other source a WAV, so a lossy source
+# (MP3, Ogg Vorbis, Opus) is never re-encoded lossily.
+LOSSLESS_KEEPING_SUFFIXES = {".flac": ".flac"}
+AUDIO_SUFFIXES = (
+    ".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
+    ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist",
+)
 
 
 class PathRefused(Exception):
@@ -26,14 +34,22 @@ def allowed_roots_from_env() -> list[Path]:
     return [Path(p).resolve() for p in value.split(":") if p]
 
 
-def check_root(root: Path, allowed: Optional[Sequence[Path]] = None) -> Path:
-    """The job's root, resolved; refused when it is not an existing folder inside an allowed root."""
+def check_root(
+    root: Path, allowed: Optional[Sequence[Path]] = None, what: str = "the job's root", create: bool = False
+) -> Path:
+    """The job's root (or, with `what`, its output folder), resolved; refused when it is not an
+    existing folder inside an allowed root. `create`: make the folder once it is known allowed."""
     allowed = allowed_roots_from_env() if allowed is None else allowed
     resolved = Path(root).resolve()
     if allowed and not any(resolved == a or a in resolved.parents for a in allowed):
-        raise PathRefused("the job's root is outside FLASHSR_ALLOWED_ROOTS")
+        raise PathRefused(f"{what} is outside FLASHSR_ALLOWED_ROOTS")
+    if create:
+        try:
+            resolved.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PathRefused(f"{what} cannot be created ({exc.strerror})") from None
     if not resolved.is_dir():
-        raise PathRefused("the job's root is not an existing folder")
+        raise PathRefused(f"{what} is not an existing folder")
     return resolved
 
 
@@ -49,12 +65,68 @@ def resolve_source(root: Path, source: str) -> Path:
     return lexical
 
 
-def output_path_for(source_path: Path) -> Path:
-    return source_path.with_name(source_path.stem + OUTPUT_SUFFIX)
+def output_name_for(source_name: str) -> str:
+    """`<stem>_flashsr.flac` for a FLAC source, `<stem>_flashsr.wav` for any other."""
+    path = PurePosixPath(source_name)
+    return path.stem + OUTPUT_MARK + LOSSLESS_KEEPING_SUFFIXES.get(path.suffix.lower(), ".wav")
+
+
+def output_relative_for(source: str) -> str:
+    """The output's path relative to the output folder (the root, or --output_dir): the
+    source's relative folder, the output's name."""
+    relative = PurePosixPath(source)
+    return str(relative.with_name(output_name_for(relative.name)))
+
+
+def output_path_for(source_path: Path, root: Optional[Path] = None, output_dir: Optional[Path] = None) -> Path:
+    """Where the output of `source_path` (under `root`) goes: beside it, or with `output_dir` at
+    the same relative path under that folder. Refused when a link inside `output_dir` would
+    lead the output out of it."""
+    name = output_name_for(source_path.name)
+    if output_dir is None or root is None:
+        return source_path.with_name(name)
+    relative = Path(os.path.relpath(source_path.parent, root))
+    target = Path(output_dir, relative, name)
+    folder, out = target.parent.resolve(), Path(output_dir).resolve()
+    if folder != out and out not in folder.parents:
+        raise PathRefused("would be written outside the output folder (a link inside it leads out)")
+    return target
+
+
+def output_owner(source_path: Path) -> Optional[str]:
+    """The name of another source beside `source_path` that owns the same output name (a.wav and
+    a.mp3 both give a_flashsr.wav), or None. The owner is the one whose extension comes first in
+    AUDIO_SUFFIXES (a WAV keeps the output it had before other formats were read), then by
+    name, so every worker decides the same way without listing the folder."""
+    name = output_name_for(source_path.name)
+    stem = source_path.stem
+    mine = _rank(source_path.name)
+    rivals = sorted(
+        (_rank(candidate), candidate)
+        for suffix in AUDIO_SUFFIXES
+        for candidate in {stem + suffix, stem + suffix.upper()}
+        if _rank(candidate) < mine and output_name_for(candidate) == name
+        and _another_file(source_path.parent / candidate, source_path)
+    )
+    return rivals[0][1] if rivals else None
+
+
+def _rank(name: str) -> tuple[int, str]:
+    suffix = PurePosixPath(name).suffix.lower()
+    return (AUDIO_SUFFIXES.index(suffix) if suffix in AUDIO_SUFFIXES else len(AUDIO_SUFFIXES), name)
+
+
+def _another_file(candidate: Path, source_path: Path) -> bool:
+    # On a case-insensitive file system a.WAV exists when a.wav does, and is the same file.
+    try:
+        return candidate.exists() and not (source_path.exists() and candidate.samefile(source_path))
+    except OSError:
+        return False
 
 
 def is_output_name(name: str) -> bool:
-    return name.lower().endswith(OUTPUT_SUFFIX)
+    """`<stem>_flashsr.<ext>`: ours, whatever the extension."""
+    return PurePosixPath(name).stem.lower().endswith(OUTPUT_MARK)
 
 
 def is_audio_name(name: str) -> bool:
@@ -87,6 +159,11 @@ def discover_sources(root: Path) -> Iterator[str]:
 # where the target is one of our outputs or the manifest.
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 STALE_TEMPORARY_S = 3600
+
+
+def sweep_stale_temporaries(root: Path) -> int:
+    """`remove_stale_temporaries` in every folder under `root` (an --output_dir tree)."""
+    return sum(remove_stale_temporaries(folder, files) for folder, _, files in os.walk(root))
 
 
 def remove_stale_temporaries(folder: str, names: Iterable[str], now: Optional[float] = None) -> int:

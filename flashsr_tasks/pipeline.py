@@ -15,7 +15,9 @@ from typing import Any, Callable, Optional
 
 from flashsr_tasks.audio import (
     AudioError,
+    describe,
     fit_full_scale,
+    output_format_of,
     output_is_whole,
     output_subtype,
     peak_of,
@@ -24,8 +26,8 @@ from flashsr_tasks.audio import (
     write_output,
 )
 from flashsr_tasks.enhancers import Enhancer
-from flashsr_tasks.manifest import RECORD_TYPE
-from flashsr_tasks.paths import PathRefused, output_path_for, relative_posix, resolve_source
+from flashsr_tasks.paths import PathRefused, output_owner, output_path_for, relative_posix, resolve_source
+from flashsr_tasks.records import failed, new_record
 from flashsr_tasks.resample import OUTPUT_RATE
 from flashsr_tasks.selection import selection_reason
 
@@ -44,6 +46,12 @@ class Job:
     model_dir: Optional[str] = None
     force: bool = False
     overwrite: bool = False
+    output_dir: Optional[str] = None  # outputs, manifest.json and its lock go here; None: the root
+
+    @property
+    def manifest_root(self) -> Path:
+        """The folder that holds the outputs' tree, manifest.json and its lock."""
+        return Path(self.output_dir or self.root)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,16 +78,22 @@ def process_file(
     (flashsr_tasks.planning).
     """
     started = time.perf_counter()
-    record: dict[str, Any] = {"type": RECORD_TYPE, "source": source}
+    record = new_record(source)
+    input_sha256: Optional[str] = None
+    source_path: Optional[Path] = None
     try:
         source_path = resolve_source(root, source)
-        output_path = output_path_for(source_path)
+        output_dir = Path(job.output_dir) if job.output_dir else None
+        output_path = output_path_for(source_path, root, output_dir)
         record["output_name"] = output_path.name
-        record["output_path"] = relative_posix(root, output_path)
+        record["output_path"] = relative_posix(output_dir or root, output_path)
         if source_path.is_dir():
             raise AudioError("is a folder, not an audio file")
         if not source_path.exists():
             raise AudioError("does not exist (a missing file or a broken link)")
+        owner = output_owner(source_path)
+        if owner is not None:
+            raise AudioError(f"gives the same output name as {owner} beside it ({output_path.name}); rename one of them")
         # Before the hash: a file changed while it is read gets a new time, and the next run looks again.
         stat = source_path.stat()
         record.update(source_size=stat.st_size, source_mtime_ns=stat.st_mtime_ns)
@@ -98,16 +112,22 @@ def process_file(
         if not math.isfinite(peak):
             raise AudioError(f"gave non-finite samples after {enhancer.method}")
         gain = fit_full_scale(out, peak)
-        write_output(output_path, out, OUTPUT_RATE, output_subtype(src.subtype))
+        output_format = output_format_of(output_path)
+        subtype = output_subtype(src.subtype, output_format)
+        if output_dir is not None:
+            output_path.parent.mkdir(parents=True, exist_ok=True)  # the source's folder, mirrored
+        write_output(output_path, out, OUTPUT_RATE, subtype)
         record.update(
             status="ok",
             reason=reason,
+            input_format=src.format,
+            output_format=output_format,
             input_sample_rate=src.rate,
             output_sample_rate=OUTPUT_RATE,
             channels=int(out.shape[1]),
             duration_s=round(out.shape[0] / OUTPUT_RATE, 6),
             input_subtype=src.subtype,
-            output_subtype=output_subtype(src.subtype),
+            output_subtype=subtype,
             gain_db=round(20 * math.log10(gain), 3),
             input_sha256=input_sha256,
             output_sha256=sha256_of(output_path),
@@ -116,21 +136,34 @@ def process_file(
         )
         outcome = ENHANCED
     except (AudioError, PathRefused) as exc:
-        record.update(status="failed", error=f"{source} {exc}.")
+        failed(record, f"{source} {exc}.", _known_input(source_path, input_sha256))
         outcome = FAILED
     except Exception as exc:  # a bug or an environment problem: still one record, never a dead batch
         log.debug("unexpected failure on %s", source, exc_info=True)
-        record.update(status="failed", error=f"{source} failed unexpectedly ({type(exc).__name__}: {_anonymous(exc, root)}).")
+        failed(record, f"{source} failed unexpectedly ({type(exc).__name__}: {_anonymous(exc, root)}).",
+               _known_input(source_path, input_sha256))
         outcome = FAILED
     record["elapsed_s"] = round(time.perf_counter() - started, 4)
     record["created_at"] = _now()
     return {"source": source, "outcome": outcome, "record": record}
 
 
+def _known_input(source_path: Optional[Path], input_sha256: Optional[str]) -> dict[str, Any]:
+    """What a failed record can still say about its input: its hash, and what its header says."""
+    if source_path is None or not source_path.is_file():
+        return {}
+    if input_sha256 is None:
+        try:
+            input_sha256 = sha256_of(source_path)
+        except OSError:  # unreadable: no hash to give
+            pass
+    return {**describe(source_path), "input_sha256": input_sha256}
+
+
 def failed_outcome(source: str, what_happened: str) -> dict[str, Any]:
     """A failed outcome for a source whose per-file work never ran or never returned (its job's
     root was refused; its task died)."""
-    record = {"type": RECORD_TYPE, "source": source, "status": "failed", "error": f"{source} {what_happened}."}
+    record = failed(new_record(source), f"{source} {what_happened}.")
     record["created_at"] = _now()
     return {"source": source, "outcome": FAILED, "record": record}
 

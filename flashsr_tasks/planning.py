@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Optional, Union
 
 from flashsr_tasks.audio import output_is_whole
 from flashsr_tasks.manifest import records_by_source
-from flashsr_tasks.paths import output_path_for
+from flashsr_tasks.paths import PathRefused, output_path_for
 from flashsr_tasks.pipeline import SKIPPED, Job
 
 
@@ -50,13 +50,13 @@ def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known]) 
         entry = known.pop(source, None)
         if entry is None or job.overwrite:
             yield Todo(source, None)
-        elif _unchanged(root, source, entry):
+        elif _unchanged(root, source, entry, job):
             yield {"source": source, "outcome": SKIPPED, "record": None}
         else:
             yield Todo(source, entry.input_sha256)
 
 
-def _unchanged(root: Path, source: str, entry: Known) -> bool:
+def _unchanged(root: Path, source: str, entry: Known, job: Job) -> bool:
     if entry.size is None or entry.mtime_ns is None:
         return False  # a record written before sizes and times were kept: hash it
     path = Path(root, source)
@@ -64,4 +64,10 @@ def _unchanged(root: Path, source: str, entry: Known) -> bool:
         stat = os.stat(path)
     except OSError:
         return False
-    return stat.st_size == entry.size and stat.st_mtime_ns == entry.mtime_ns and output_is_whole(output_path_for(path))
+    if stat.st_size != entry.size or stat.st_mtime_ns != entry.mtime_ns:
+        return False
+    try:
+        output = output_path_for(path, root, Path(job.output_dir) if job.output_dir else None)
+    except PathRefused:
+        return False  # the per-file work says why in a failed record
+    return output_is_whole(output)

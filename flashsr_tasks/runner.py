@@ -50,7 +50,7 @@ def run_in_process(
 ) -> None:
     """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
     outcomes already decided (skips) pass straight through to `on_outcome`."""
-    journal = _Journal(root)
+    journal = _Journal(job.manifest_root)
     for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1):
         journal.add(outcomes)
         if on_outcome:

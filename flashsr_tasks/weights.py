@@ -1,8 +1,10 @@
 """Where FlashSR's three checkpoints come from: a given folder, else one Hub download into the cache.
 
-Order: `model_dir` argument → env `FLASHSR_MODEL_DIR` → the Hugging Face dataset repo
+Order: `model_dir` argument → env `FLASHSR_MODEL_DIR` → the Hugging Face repo
 `FLASHSR_WEIGHTS_REPO` at `FLASHSR_WEIGHTS_REVISION`, fetched once into `FLASHSR_CACHE_DIR`
-(only the three files). A cached snapshot is used without touching the network; a download
+(only the three files). The repo is a dataset repo (the original, `jakeoneijk/FlashSR_weights`)
+unless `FLASHSR_WEIGHTS_REPO_TYPE=model` or the name starts with `models/` (mirrors are often
+model repos); the three files may lie in a sub-folder of the snapshot. A cached snapshot is used without touching the network; a download
 runs under a file lock, so two workers starting together download once. Every failure
 (offline, unreachable, gated/401, missing files, huggingface_hub not installed) becomes
 `ModelUnavailable` with one sentence saying what to do; nothing here retries in a loop.
@@ -15,6 +17,7 @@ cpu worker can import this module with neither installed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -26,6 +29,10 @@ log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("student_ldm.pth", "sr_vocoder.pth", "vae.pth")
 DEFAULT_REPO = "jakeoneijk/FlashSR_weights"
+DEFAULT_REPO_TYPE = "dataset"
+REPO_TYPES = ("dataset", "model")
+# Only the three files are fetched, at the top of the snapshot or in any sub-folder of it.
+_PATTERNS = [pattern for name in WEIGHT_FILES for pattern in (name, f"*/{name}")]
 # No commit hash of the dataset repo could be verified from here (no network), so the default
 # follows the branch; the record's label still names the exact commit that was downloaded.
 # Set FLASHSR_WEIGHTS_REVISION to a 40-hex commit to pin it (a commit also skips one Hub request).
@@ -75,11 +82,44 @@ def weights_in_folder(folder: str | os.PathLike[str]) -> Weights:
 
 
 def hub_settings(repo: Optional[str] = None, revision: Optional[str] = None,
-                 cache_dir: Optional[str] = None) -> tuple[str, str, Path]:
-    """Repo, revision and cache folder: arguments, else the environment, else the defaults."""
-    return (repo or os.environ.get("FLASHSR_WEIGHTS_REPO") or DEFAULT_REPO,
+                 cache_dir: Optional[str] = None, repo_type: Optional[str] = None) -> tuple[str, str, str, Path]:
+    """Repo, repo type, revision and cache folder: arguments, else the environment, else the
+    defaults. A `datasets/` or `models/` prefix on the repo names its type (and wins)."""
+    repo = (repo or os.environ.get("FLASHSR_WEIGHTS_REPO") or DEFAULT_REPO).strip().strip("/")
+    kind = (repo_type or os.environ.get("FLASHSR_WEIGHTS_REPO_TYPE") or DEFAULT_REPO_TYPE).strip().lower()
+    for prefix, prefixed_type in (("datasets/", "dataset"), ("models/", "model")):
+        if repo.startswith(prefix) and repo.count("/") == 2:
+            repo, kind = repo[len(prefix):], prefixed_type
+    if kind not in REPO_TYPES:
+        raise ModelUnavailable(f"FLASHSR_WEIGHTS_REPO_TYPE must be dataset or model, not {kind!r}")
+    return (repo, kind,
             revision or os.environ.get("FLASHSR_WEIGHTS_REVISION") or DEFAULT_REVISION,
             Path(cache_dir or os.environ.get("FLASHSR_CACHE_DIR") or DEFAULT_CACHE_DIR).expanduser())
+
+
+def _where(repo: str, repo_type: str, revision: str) -> str:
+    """How messages name a repo: `owner/name@rev` for the default dataset type, else prefixed."""
+    return f"{'models/' if repo_type == 'model' else ''}{repo}@{revision}"
+
+
+def weights_folder_in(snapshot: Path) -> Optional[Path]:
+    """The folder of `snapshot` that holds the three files: itself, else the shallowest
+    sub-folder (by name among equals), None when there is none."""
+    if not _missing(snapshot):
+        return snapshot
+    holders = sorted((p.parent for p in snapshot.rglob(WEIGHT_FILES[0]) if not _missing(p.parent)),
+                     key=lambda p: (len(p.parts), str(p)))
+    return holders[0] if holders else None
+
+
+def file_digests(weights: "Weights") -> list[tuple[str, int, str]]:
+    """(name, size in bytes, sha256) of each of the three files, to compare a pinned set across hosts."""
+    digests = []
+    for name in WEIGHT_FILES:
+        path = weights.path(name)
+        with open(path, "rb") as handle:
+            digests.append((name, path.stat().st_size, hashlib.file_digest(handle, "sha256").hexdigest()))
+    return digests
 
 
 def locate_weights(model_dir: Optional[str] = None) -> Weights:
@@ -91,13 +131,14 @@ def locate_weights(model_dir: Optional[str] = None) -> Weights:
 
 
 def download_weights(repo: Optional[str] = None, revision: Optional[str] = None,
-                     cache_dir: Optional[str] = None, local_dir: Optional[str] = None) -> Weights:
+                     cache_dir: Optional[str] = None, local_dir: Optional[str] = None,
+                     repo_type: Optional[str] = None) -> Weights:
     """The three files of `repo@revision` from the cache, downloading them first if needed.
 
     With `local_dir`, the files are placed in that plain folder (for `--model_dir`) instead of
     the Hub cache layout under `cache_dir`.
     """
-    repo, revision, cache = hub_settings(repo, revision, cache_dir)
+    repo, repo_type, revision, cache = hub_settings(repo, revision, cache_dir, repo_type)
     try:
         import huggingface_hub  # noqa: F401  (lazy: cpu workers need not have it)
         from filelock import FileLock, Timeout
@@ -107,12 +148,12 @@ def download_weights(repo: Optional[str] = None, revision: Optional[str] = None,
             f"or {_WHAT_TO_DO}") from None
 
     # A complete snapshot already on disk needs no network (and no lock).
-    found = _from_cache(repo, revision, cache, local_dir)
+    found = _from_cache(repo, repo_type, revision, cache, local_dir)
     if found is not None:
         return found
     if _env_true("HF_HUB_OFFLINE"):
         raise ModelUnavailable(
-            f"the FlashSR weights ({repo}@{revision}) are not in the cache (FLASHSR_CACHE_DIR) and "
+            f"the FlashSR weights ({_where(repo, repo_type, revision)}) are not in the cache (FLASHSR_CACHE_DIR) and "
             f"HF_HUB_OFFLINE is set: {_WHAT_TO_DO}")
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -120,54 +161,55 @@ def download_weights(repo: Optional[str] = None, revision: Optional[str] = None,
     try:
         with lock:
             # Another process may have finished the download while this one waited.
-            found = _from_cache(repo, revision, cache, local_dir)
+            found = _from_cache(repo, repo_type, revision, cache, local_dir)
             if found is not None:
                 return found
-            log.info("downloading the FlashSR weights from %s@%s (about 3.3 GB)", repo, revision)
-            return _download(repo, revision, cache, local_dir)
+            log.info("downloading the FlashSR weights from %s (about 3.3 GB)", _where(repo, repo_type, revision))
+            return _download(repo, repo_type, revision, cache, local_dir)
     except Timeout:
         raise ModelUnavailable(
             f"another process has held the FlashSR download lock for over {LOCK_TIMEOUT_S:.0f} s: "
             f"remove {cache / '.flashsr_download.lock'} if no download is running, or {_WHAT_TO_DO}") from None
 
 
-def _snapshot(repo: str, revision: str, cache: Path, local_dir: Optional[str], offline: bool) -> Weights:
+def _snapshot(repo: str, repo_type: str, revision: str, cache: Path, local_dir: Optional[str],
+              offline: bool) -> Weights:
     from huggingface_hub import snapshot_download
 
-    folder = Path(snapshot_download(
-        repo_id=repo, repo_type="dataset", revision=revision,
-        cache_dir=str(cache), local_dir=local_dir, allow_patterns=list(WEIGHT_FILES),
+    snapshot = Path(snapshot_download(
+        repo_id=repo, repo_type=repo_type, revision=revision,
+        cache_dir=str(cache), local_dir=local_dir, allow_patterns=_PATTERNS,
         local_files_only=offline, etag_timeout=ETAG_TIMEOUT_S,
         # HF_ENDPOINT is read when huggingface_hub is imported; read it again so it can change later.
         endpoint=os.environ.get("HF_ENDPOINT") or None,
     ))
-    missing = _missing(folder)
-    if missing:
+    folder = weights_folder_in(snapshot)
+    if folder is None:
         raise ModelUnavailable(
-            f"{repo}@{revision} has no {', '.join(missing)}: check FLASHSR_WEIGHTS_REPO and "
-            f"FLASHSR_WEIGHTS_REVISION, or {_WHAT_TO_DO}")
+            f"{_where(repo, repo_type, revision)} has no folder holding all of {', '.join(WEIGHT_FILES)}: "
+            f"check FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REPO_TYPE and FLASHSR_WEIGHTS_REVISION, or {_WHAT_TO_DO}")
     # In the cache layout the snapshot folder is named after the commit: the exact revision used.
-    commit = folder.name if local_dir is None else revision
-    return Weights(folder=folder, label=f"{repo}@{commit}")
+    commit = snapshot.name if local_dir is None else revision
+    sub = folder.relative_to(snapshot).as_posix()
+    return Weights(folder=folder, label=_where(repo, repo_type, commit) + ("" if sub == "." else f":{sub}"))
 
 
-def _from_cache(repo: str, revision: str, cache: Path, local_dir: Optional[str]) -> Optional[Weights]:
+def _from_cache(repo: str, repo_type: str, revision: str, cache: Path, local_dir: Optional[str]) -> Optional[Weights]:
     if local_dir is not None:
-        try:
-            return weights_in_folder(local_dir)
-        except ModelUnavailable:
-            return None
+        folder = weights_folder_in(Path(local_dir)) if Path(local_dir).is_dir() else None
+        return None if folder is None else weights_in_folder(folder)
     try:
-        return _snapshot(repo, revision, cache, None, offline=True)
+        return _snapshot(repo, repo_type, revision, cache, None, offline=True)
     except Exception:  # not (completely) cached: LocalEntryNotFoundError, IncompleteSnapshotError, …
         return None
 
 
-def _download(repo: str, revision: str, cache: Path, local_dir: Optional[str]) -> Weights:
+def _download(repo: str, repo_type: str, revision: str, cache: Path, local_dir: Optional[str]) -> Weights:
     from huggingface_hub import errors
 
+    where = _where(repo, repo_type, revision)
     try:
-        return _snapshot(repo, revision, cache, local_dir, offline=False)
+        return _snapshot(repo, repo_type, revision, cache, local_dir, offline=False)
     except ModelUnavailable:
         raise
     except errors.GatedRepoError:
@@ -176,8 +218,9 @@ def _download(repo: str, revision: str, cache: Path, local_dir: Optional[str]) -
             f"that accepted its terms, or {_WHAT_TO_DO}") from None
     except errors.RepositoryNotFoundError:
         raise ModelUnavailable(
-            f"{repo} was not found or refused access (401): check FLASHSR_WEIGHTS_REPO, set HF_TOKEN, "
-            f"or {_WHAT_TO_DO}") from None
+            f"{_where(repo, repo_type, revision).rsplit('@', 1)[0]} was not found or refused access (401): "
+            f"check FLASHSR_WEIGHTS_REPO (a dataset repo unless FLASHSR_WEIGHTS_REPO_TYPE=model or it starts "
+            f"with models/), set HF_TOKEN, or {_WHAT_TO_DO}") from None
     except errors.RevisionNotFoundError:
         raise ModelUnavailable(
             f"{repo} has no revision {revision}: check FLASHSR_WEIGHTS_REVISION, or {_WHAT_TO_DO}") from None
@@ -185,25 +228,27 @@ def _download(repo: str, revision: str, cache: Path, local_dir: Optional[str]) -
         status = getattr(getattr(exc, "response", None), "status_code", None)
         hint = "set HF_TOKEN, " if status in (401, 403) else ""
         raise ModelUnavailable(
-            f"the Hub refused the FlashSR weights download ({repo}@{revision}, HTTP {status}): "
+            f"the Hub refused the FlashSR weights download ({where}, HTTP {status}): "
             f"{hint}{_WHAT_TO_DO}") from None
     except (errors.LocalEntryNotFoundError, OSError) as exc:
         # No network, DNS failure, refused connection, timeout, Hub down, or a full disk.
         cause = exc.__cause__ or exc
         status = getattr(getattr(cause, "response", None), "status_code", None)
-        if status:
+        if status == 404:
+            why = "the Hub answered HTTP 404: check FLASHSR_WEIGHTS_REPO and FLASHSR_WEIGHTS_REPO_TYPE"
+        elif status:
             why = f"the Hub answered HTTP {status}"
         elif isinstance(cause, OSError) and cause.errno:  # e.g. no space left in the cache
             why = f"{cause.strerror} in {cache}"
         else:
             why = f"{type(cause).__name__}: no network?"
         raise ModelUnavailable(
-            f"the FlashSR weights could not be downloaded from {repo}@{revision} ({why}): "
+            f"the FlashSR weights could not be downloaded from {where} ({why}): "
             f"{_WHAT_TO_DO}") from None
     except Exception as exc:  # anything else from the client: still one sentence, never a crash
         first_line = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ModelUnavailable(
-            f"the FlashSR weights download from {repo}@{revision} failed ({type(exc).__name__}: {first_line}): "
+            f"the FlashSR weights download from {where} failed ({type(exc).__name__}: {first_line}): "
             f"{_WHAT_TO_DO}") from None
 
 
@@ -220,17 +265,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--local-dir", default=None,
                         help="put the three files in this plain folder instead, for --model_dir / FLASHSR_MODEL_DIR")
     parser.add_argument("--repo", default=None,
-                        help=f"Hugging Face dataset repo (default: env FLASHSR_WEIGHTS_REPO, else {DEFAULT_REPO})")
+                        help=f"Hugging Face repo, owner/name, or datasets/owner/name or models/owner/name "
+                             f"(default: env FLASHSR_WEIGHTS_REPO, else {DEFAULT_REPO})")
+    parser.add_argument("--repo-type", choices=REPO_TYPES, default=None,
+                        help=f"what --repo is, when it has no prefix (default: env FLASHSR_WEIGHTS_REPO_TYPE, "
+                             f"else {DEFAULT_REPO_TYPE}); the three files may lie in a sub-folder of it")
+    parser.add_argument("--verify", action="store_true",
+                        help="also print each file's size and sha256, to compare a pinned set across hosts")
     parser.add_argument("--revision", default=None,
                         help=f"branch, tag or commit (default: env FLASHSR_WEIGHTS_REVISION, else {DEFAULT_REVISION})")
     args = parser.parse_args(argv)  # exits 2 on a usage error
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        weights = download_weights(args.repo, args.revision, args.cache_dir, args.local_dir)
+        weights = download_weights(args.repo, args.revision, args.cache_dir, args.local_dir, args.repo_type)
+        digests = file_digests(weights) if args.verify else []
     except ModelUnavailable as exc:
         print(f"flashsr-download: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"flashsr-download: cannot read the weights to verify them ({exc.strerror}: {exc.filename})",
+              file=sys.stderr)
+        return 1
     print(weights.folder)
+    for name, size, digest in digests:
+        print(f"{name}\t{size}\tsha256:{digest}")
     print(f"flashsr-download: weights ready ({weights.label})", file=sys.stderr)
     return 0
 

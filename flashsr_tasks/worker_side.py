@@ -21,6 +21,8 @@ def enhance_one(
     job = Job.from_dict(job_data)
     try:
         root = check_root(Path(job.root))
+        if job.output_dir:
+            check_root(Path(job.output_dir), what="the job's output folder")
     except PathRefused as exc:
         return failed_outcome(source, f"refused: {exc}")
     return process_file(root, source, job, enhancer_for, known_sha256)

@@ -14,10 +14,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = """\
 Upgrade narrow-band audio to 48 kHz and record every result in manifest.json.
 
-Every WAV under --input (searched recursively) is checked: files below 32 kHz, and
-44.1/48 kHz files whose spectrum stops dead below 16 kHz (telephone audio stored at a
-high rate), are enhanced into <stem>_flashsr.wav beside the source. Full-band files are
-left alone unless --force. The source is never modified.
+Every audio file under --input (searched recursively) is checked: files below 32 kHz,
+and 44.1/48 kHz files whose spectrum stops dead below 16 kHz (telephone audio stored at a
+high rate), are enhanced into <stem>_flashsr.flac (FLAC sources) or <stem>_flashsr.wav
+(every other source; a lossy source is never re-encoded lossily), beside the source or
+under --output_dir. Full-band files are left alone unless --force. Sources are only read.
+
+Read (by extension, any case): WAV (.wav .wave), FLAC (.flac), MP3 (.mp3), Ogg Vorbis
+and Opus (.ogg .oga .opus), AIFF (.aif .aiff .aifc), AU (.au .snd), CAF (.caf),
+Wave64 (.w64), RF64 (.rf64), NIST Sphere (.sph .nist). Files named *_flashsr.* are
+outputs and never inputs.
 
 On a GPU the FlashSR model does the work; without one (or without its weights) a
 high-quality sinc resampler does, and says so once. With a broker the files are sent
@@ -27,13 +33,15 @@ EPILOG = """\
 examples:
   flashsr-enhance --input calls/                 # in-process, every core
   flashsr-enhance --input call.wav --device cpu  # one file, resample on the CPU
+  flashsr-enhance --input /mnt/VCTK --output_dir VCTK_48k/   # read-only corpus, same tree
   flashsr-enhance --input /data/stage --broker redis://:pw@localhost:6379/0 --json
 
 exit status: 0 every selected file enhanced or skipped; 1 some failed (the others are
 still done and recorded); 2 usage error.
 
 environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_MODEL_DIR,
-FLASHSR_CACHE_DIR, FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN
+FLASHSR_CACHE_DIR, FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REPO_TYPE, FLASHSR_WEIGHTS_REVISION,
+FLASHSR_ALLOWED_ROOTS, HF_HUB_OFFLINE, HF_TOKEN
 (see README.md)."""
 
 
@@ -44,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="one audio file, or a folder (the processed root, searched recursively)")
+    parser.add_argument("--output_dir", metavar="DIR",
+                        help="write each output under DIR at its source's relative path, with manifest.json "
+                             "(created if needed); --input is then only read and may be read-only "
+                             "(default: beside each source, manifest.json in --input)")
     parser.add_argument("--model_dir", metavar="DIR",
                         help="folder with student_ldm.pth, sr_vocoder.pth, vae.pth (default: $FLASHSR_MODEL_DIR, "
                              "else download once into $FLASHSR_CACHE_DIR); with --device cpu, giving it runs "
@@ -75,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extension = FlashSRExtension(
             output_root=args.input, device=args.device, model_dir=args.model_dir, force=args.force,
             overwrite=args.overwrite, broker=args.broker, wait=args.wait,
-            progress=False if args.quiet else None, processes=args.processes,
+            progress=False if args.quiet else None, processes=args.processes, output_dir=args.output_dir,
         )
         summary = extension.run()
     except UsageError as exc:

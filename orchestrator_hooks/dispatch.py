@@ -116,7 +116,7 @@ def _send(app: Any, job: Job, chunk: list[Todo], wait: bool) -> _Chord:
         for (task_id, _), todo in zip(members, chunk)
     ]
     # Nobody will collect the summary of a run sent without waiting: do not store it.
-    callback = app.signature(MERGE_TASK, args=(job.root,), queue=queue, ignore_result=not wait)
+    callback = app.signature(MERGE_TASK, args=(str(job.manifest_root),), queue=queue, ignore_result=not wait)
     try:
         result = chord(header, app=app)(callback)
     except Exception as exc:
@@ -134,7 +134,7 @@ def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], 
         # A member raised (a hard time limit), so the callback did not run: journal what the
         # other members returned, as it would have, and a failed record for the one that raised.
         outcomes = _recover(app, chord)
-        append_records(Path(job.root), [o["record"] for o in outcomes if o.get("record")], sync=True)
+        append_records(job.manifest_root, [o["record"] for o in outcomes if o.get("record")], sync=True)
     for outcome in outcomes:
         on_outcome(outcome)
     chord.callback.forget()

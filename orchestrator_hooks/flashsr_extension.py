@@ -28,7 +28,8 @@ class UsageError(ValueError):
 
 class FlashSRExtension:
     """Enhance every selected audio file under `output_root` (a folder, or one file) and record
-    the results in the root's manifest.json.
+    the results in the root's manifest.json; with `output_dir`, the outputs go under that folder
+    at each source's relative path, with manifest.json, and the sources are only read.
 
     With a broker (argument or FLASHSR_BROKER_URL) the files go to Celery workers as a stream of
     bounded chords; without one they are processed in this process. Either way the state held
@@ -47,6 +48,7 @@ class FlashSRExtension:
         wait: bool = True,
         progress: Optional[bool] = None,
         processes: Optional[int] = None,
+        output_dir: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         if not _DEVICE.match(device or ""):
             raise UsageError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
@@ -59,10 +61,11 @@ class FlashSRExtension:
         self.wait = wait
         self.progress = progress
         self.processes = processes
+        self.output_dir = Path(output_dir) if output_dir else None
 
     def run(self, on_outcome: Optional[Callable[[dict[str, Any]], None]] = None) -> RunSummary:
         from flashsr_tasks.manifest import fold
-        from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name
+        from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name, sweep_stale_temporaries
         from flashsr_tasks.pipeline import Job
         from flashsr_tasks.planning import known_records, plan
 
@@ -73,8 +76,9 @@ class FlashSRExtension:
         except PathRefused as exc:
             raise UsageError(f"{self.input}: {exc}") from None
         job = Job(root=str(checked_root), device=self.device, model_dir=self.model_dir,
-                  force=self.force, overwrite=self.overwrite)
-        summary = RunSummary(root=str(root), mode="distributed" if self.broker else "in-process")
+                  force=self.force, overwrite=self.overwrite, output_dir=self._checked_output_dir(check_root))
+        summary = RunSummary(root=str(root), mode="distributed" if self.broker else "in-process",
+                             output_dir=str(self.output_dir) if self.output_dir else None)
         bar = _progress_bar(self.progress)
 
         def counted(names: Iterable[str]) -> Iterator[str]:
@@ -88,9 +92,12 @@ class FlashSRExtension:
             if on_outcome:
                 on_outcome(outcome)
 
-        fold(checked_root)  # what a killed run left in the journal
+        records_root = job.manifest_root
+        fold(records_root)  # what a killed run left in the journal
+        if job.output_dir:
+            sweep_stale_temporaries(records_root)  # beside the sources, discovery does it on its way
         # Everything below streams: sources are found, judged, sent and collected a few at a time.
-        work = plan(checked_root, counted(sources), job, known_records(checked_root))
+        work = plan(checked_root, counted(sources), job, known_records(records_root))
         try:
             if self.broker:
                 from orchestrator_hooks.dispatch import run_distributed
@@ -104,9 +111,20 @@ class FlashSRExtension:
         finally:
             bar.close()
             if self.wait or not self.broker:
-                fold(checked_root)  # also after Ctrl-C: what finished is in manifest.json at once
+                fold(records_root)  # also after Ctrl-C: what finished is in manifest.json at once
         summary.elapsed_s = round(time.perf_counter() - started, 3)
         return summary
+
+    def _checked_output_dir(self, check_root: Callable[..., Path]) -> Optional[str]:
+        """--output_dir, created if needed and checked like the root (FLASHSR_ALLOWED_ROOTS)."""
+        from flashsr_tasks.paths import PathRefused
+
+        if self.output_dir is None:
+            return None
+        try:
+            return str(check_root(self.output_dir, what="the output folder", create=True))
+        except PathRefused as exc:
+            raise UsageError(f"--output_dir {self.output_dir}: {exc}") from None
 
     def _root_and_sources(self, discover, is_output_name) -> tuple[Path, Iterable[str]]:
         if self.input.is_dir():
@@ -134,6 +152,9 @@ def add_flashsr_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--flashsr_model_dir", metavar="DIR", help="folder with the FlashSR weights (default: download)")
     group.add_argument("--flashsr_force", action="store_true", help="enhance every audio file, full-band ones too")
     group.add_argument("--flashsr_overwrite", action="store_true", help="redo files whose output is current")
+    group.add_argument("--flashsr_output_dir", metavar="DIR",
+                       help="write the outputs (and manifest.json) under DIR at each source's relative path; "
+                            "the stage's folder is only read (default: beside each source)")
     group.add_argument("--flashsr_broker", metavar="URL",
                        help="dispatch to Celery workers via this broker (default: $FLASHSR_BROKER_URL, else in-process)")
 
@@ -149,6 +170,7 @@ def run_flashsr_if_requested(args: argparse.Namespace, stage_path: Union[str, os
         force=getattr(args, "flashsr_force", False),
         overwrite=getattr(args, "flashsr_overwrite", False),
         broker=getattr(args, "flashsr_broker", None),
+        output_dir=getattr(args, "flashsr_output_dir", None),
     ).run()
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 # Failures listed by name; beyond this only counted (manifest.json names every one), so the
 # summary of a run over a broken archive stays small.
@@ -23,6 +23,7 @@ class RunSummary:
     mode: str = "in-process"
     chords: int = 0         # chords sent (distributed)
     waited: bool = True     # False: sent with --no-wait, outcomes not collected
+    output_dir: Optional[str] = None  # --output_dir: outputs and manifest.json are there
 
     @property
     def ok(self) -> bool:
@@ -46,12 +47,12 @@ class RunSummary:
             sent = self.files - self.skipped
             return (
                 f"flashsr: {self.files} files: {sent} sent as {self.chords} chords (not waiting), "
-                f"{self.skipped} skipped; records reach {self.root}/manifest.json as the workers finish"
+                f"{self.skipped} skipped; records reach {self.output_dir or self.root}/manifest.json as the workers finish"
             )
         methods = ", ".join(f"{n} {m}" for m, n in sorted(self.methods.items()))
         return (
             f"flashsr: {self.files} files: {self.enhanced} enhanced"
             + (f" ({methods})" if methods else "")
             + f", {self.skipped} skipped, {self.unselected} full-band, {self.failed} failed"
-            + f" in {self.elapsed_s:.1f} s ({self.mode}); manifest: {self.root}/manifest.json"
+            + f" in {self.elapsed_s:.1f} s ({self.mode}); manifest: {self.output_dir or self.root}/manifest.json"
         )

@@ -114,10 +114,14 @@ def test_closed_port_fails_fast_without_retrying(monkeypatch: pytest.MonkeyPatch
 # ---------------------------------------------------------------------------- a loopback Hub
 
 class FakeHub:
-    """Answers repo info, the file tree and file downloads for one dataset repo, counting requests."""
+    """Answers repo info, the file tree and file downloads for one repo (a dataset repo unless
+    `repo_type="model"`; `files` may name paths in sub-folders), counting requests."""
 
-    def __init__(self, status: int = 200, error_code: str = "", delay_s: float = 0.0) -> None:
+    def __init__(self, status: int = 200, error_code: str = "", delay_s: float = 0.0,
+                 repo_type: str = "dataset", files: dict[str, bytes] = FILES) -> None:
         self.status, self.error_code, self.delay_s = status, error_code, delay_s
+        api = f"/api/{repo_type}s/{REPO}"
+        resolve = f"/datasets/{REPO}/resolve/" if repo_type == "dataset" else f"/{REPO}/resolve/"
         self.downloads: list[str] = []
         self.requests = 0
         hub = self
@@ -149,21 +153,23 @@ class FakeHub:
                     if hub.error_code:
                         headers["X-Error-Code"] = hub.error_code
                     self.send(hub.status, json.dumps({"error": "refused by the fake hub"}).encode(), headers, body)
-                elif path.startswith(f"/api/datasets/{REPO}/revision/"):
-                    info = {"id": REPO, "sha": COMMIT, "siblings": [{"rfilename": n} for n in FILES]}
+                elif path.startswith(f"{api}/revision/"):
+                    info = {"id": REPO, "sha": COMMIT, "siblings": [{"rfilename": n} for n in files]}
                     self.send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, body)
-                elif path.startswith(f"/api/datasets/{REPO}/tree/"):
+                elif path.startswith(f"{api}/tree/"):
                     tree = [{"type": "file", "path": n, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                            for n, data in FILES.items()]
+                            for n, data in files.items()]
                     self.send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, body)
-                elif path.startswith(f"/datasets/{REPO}/resolve/"):
-                    name = path.rsplit("/", 1)[1]
-                    data = FILES[name]
+                elif path.startswith(resolve) and path[len(resolve):].split("/", 1)[-1] in files:
+                    name = path[len(resolve):].split("/", 1)[1]  # after the revision
+                    data = files[name]
                     headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
                     if body:
                         hub.downloads.append(name)
                         time.sleep(hub.delay_s)  # keeps a first download in flight while a second process starts
                     self.send(200, data, headers, body)
+                elif path.startswith("/api/"):  # as the Hub answers for a repo it does not have
+                    self.send(404, b"{}", {"X-Error-Code": "RepoNotFound"}, body)
                 else:
                     self.send(404, b"{}", {"X-Error-Code": "EntryNotFound"}, body)
 
@@ -280,3 +286,79 @@ def test_weights_module_needs_neither_torch_nor_the_hub_client() -> None:
     assert done.returncode == 0, done.stderr
     assert "huggingface_hub" in done.stdout and "FLASHSR_MODEL_DIR" in done.stdout
     assert W.DEFAULT_REPO == "jakeoneijk/FlashSR_weights"
+
+
+# ---------------------------------------------------------------------------- mirrors
+
+MIRROR_FILES = {f"FlashSR/checkpoints/{name}": data for name, data in FILES.items() if name in WEIGHT_FILES}
+MIRROR_FILES["FlashSR/README.md"] = b"a model card\n"
+MIRROR_FILES["other_model.safetensors"] = b"another model in the same repo: must not be downloaded\n"
+
+
+@pytest.mark.parametrize("how", ["prefix", "type"])
+def test_a_model_repo_mirror_with_the_files_in_a_sub_folder(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    if how == "prefix":
+        monkeypatch.setenv("FLASHSR_WEIGHTS_REPO", f"models/{REPO}")
+    else:
+        monkeypatch.setenv("FLASHSR_WEIGHTS_REPO", REPO)
+        monkeypatch.setenv("FLASHSR_WEIGHTS_REPO_TYPE", "model")
+    with FakeHub(repo_type="model", files=MIRROR_FILES) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        found = locate_weights()
+        assert sorted(hub.downloads) == sorted(f"FlashSR/checkpoints/{n}" for n in WEIGHT_FILES)
+    assert found.folder.name == "checkpoints" and found.folder.parent.parent.name == COMMIT
+    assert found.label == f"models/{REPO}@{COMMIT}:FlashSR/checkpoints"
+    assert all(found.path(n).read_bytes() == FILES[n] for n in WEIGHT_FILES)
+    # the same mirror as a dataset repo does not exist: a clear sentence, as for the original
+    monkeypatch.setenv("FLASHSR_WEIGHTS_REPO", REPO)
+    monkeypatch.setenv("FLASHSR_WEIGHTS_REPO_TYPE", "dataset")
+    monkeypatch.setenv("FLASHSR_CACHE_DIR", str(found.folder.parents[5] / "other-cache"))
+    with FakeHub(repo_type="model", files=MIRROR_FILES) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(ModelUnavailable) as err:
+            locate_weights()
+    assert "FLASHSR_WEIGHTS_REPO_TYPE" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_model_repo_from_the_offline_cache_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE with a cache laid out as huggingface_hub lays it out (no server at all)."""
+    cache = tmp_path / "cache"
+    repo_folder = cache / f"models--{REPO.replace('/', '--')}"
+    (repo_folder / "refs").mkdir(parents=True)
+    (repo_folder / "refs" / "main").write_text(COMMIT)
+    for name, data in MIRROR_FILES.items():
+        blob = repo_folder / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo_folder / "snapshots" / COMMIT / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    monkeypatch.setenv("FLASHSR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("FLASHSR_WEIGHTS_REPO", f"models/{REPO}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    found = locate_weights()
+    assert found.folder == repo_folder / "snapshots" / COMMIT / "FlashSR" / "checkpoints"
+    assert found.label == f"models/{REPO}@{COMMIT}:FlashSR/checkpoints"
+    # offline and not cached (another repo): one clear sentence, as before
+    monkeypatch.setenv("FLASHSR_WEIGHTS_REPO", "models/someone/else")
+    with pytest.raises(ModelUnavailable, match="HF_HUB_OFFLINE"):
+        locate_weights()
+
+
+def test_a_bad_repo_type_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLASHSR_WEIGHTS_REPO_TYPE", "space")
+    with pytest.raises(ModelUnavailable, match="FLASHSR_WEIGHTS_REPO_TYPE must be dataset or model"):
+        locate_weights()
+
+
+def test_cli_verify_prints_each_files_size_and_sha256(tmp_path: Path) -> None:
+    with FakeHub(repo_type="model", files=MIRROR_FILES) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "FLASHSR_WEIGHTS_REPO": REPO}
+        done = run_cli("--repo-type", "model", "--cache-dir", str(tmp_path / "c"), "--verify", env=env)
+    assert done.returncode == 0, done.stderr
+    folder, *lines = done.stdout.strip().splitlines()
+    assert Path(folder).name == "checkpoints"
+    assert lines == [f"{n}\t{len(FILES[n])}\tsha256:{hashlib.sha256(FILES[n]).hexdigest()}" for n in WEIGHT_FILES]
+    assert f"models/{REPO}@{COMMIT}:FlashSR/checkpoints" in done.stderr
