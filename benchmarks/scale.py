@@ -81,13 +81,13 @@ def make_tree(root: Path, files: int, folders: int) -> None:
             handle.write(data)
 
 
-def run_command(root: Path, broker: Optional[str]) -> Run:
+def run_command(root: Path, broker: Optional[str], *extra: str) -> Run:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_")}
     if broker:
         env["FLASHSR_BROKER_URL"] = broker
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, "--input", str(root), "--device", "cpu", "--quiet", "--json"],
+        [sys.executable, "-c", _CHILD, "--input", str(root), "--device", "cpu", "--quiet", "--json", *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     peak = 0
@@ -143,6 +143,22 @@ def measure(mode: str, files: int, folders: int, workdir: Path) -> Result:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def queued_cost(files: int, workdir: Path) -> float:
+    """Redis bytes per file of a run sent with --no-wait while no worker takes anything."""
+    root = workdir / "queued"
+    make_tree(root, files, 10)
+    server = start_redis(workdir)
+    try:
+        client = server.client()
+        before = int(client.info("memory")["used_memory"])
+        env_run = run_command(root, server.url, "--no-wait")
+        assert env_run.summary["chords"] > 0
+        return (int(client.info("memory")["used_memory"]) - before) / files
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -189,6 +205,9 @@ def main() -> None:
                 results.append(result)
                 print(f"{mode} {files} files: first run {result.first.wall_s:.1f} s, re-run {result.rerun.wall_s:.2f} s",
                       flush=True)
+        if "distributed" in args.modes:
+            cost = queued_cost(min(args.sizes), workdir)
+            print(f"--no-wait, nothing taken yet: {cost:.0f} bytes of Redis per queued file")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report(results)
