@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,17 +180,23 @@ def _check_not_truncated(path: Path, wav_only: bool = False) -> None:
     recording should fail loudly instead of being enhanced as if it were whole. `wav_only`:
     anything but a RIFF or RF64 WAV fails too (our outputs are never anything else)."""
     with open(path, "rb") as handle:
-        header = handle.read(12)
+        # One read holds the chunk headers of almost every WAV (a re-run checks every output).
+        head = handle.read(512)
+        header = head[:12]
         if wav_only and (header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE"):
             raise AudioError("is not a WAV file")
         if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
             return  # not a classic WAV: libsndfile judges it
         endian = "<" if header[:4] == b"RIFF" else ">"
-        file_size = path.stat().st_size
+        file_size = os.fstat(handle.fileno()).st_size
         offset = 12
         while offset + 8 <= file_size:
-            handle.seek(offset)
-            chunk_id, chunk_size = struct.unpack(endian + "4sI", handle.read(8))
+            if offset + 8 <= len(head):
+                chunk = head[offset:offset + 8]
+            else:
+                handle.seek(offset)
+                chunk = handle.read(8)
+            chunk_id, chunk_size = struct.unpack(endian + "4sI", chunk)
             if chunk_id == b"data":
                 if chunk_size in (0, 0xFFFFFFFF):
                     return  # a streaming writer's placeholder: size unknown

@@ -97,7 +97,7 @@ def records_by_source(root: Path, pick: Callable[[dict[str, Any]], Optional[T]])
         picked: dict[str, T] = {}
         for kind, key, value in events:
             if kind == "item" and key == RECORDS_KEY:
-                _pick_into(picked, json.loads(value) if isinstance(value, _Raw) else value, pick)
+                _pick_into(picked, value.value if isinstance(value, _Raw) else value, pick)
         return picked
 
     picked = _restartable(manifest_path(root), collect)
@@ -164,7 +164,7 @@ def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: 
             writer.list_start(key)
         elif kind == "item":
             if in_records:
-                record = json.loads(value) if isinstance(value, str) else value
+                record = value.value if isinstance(value, _Raw) else value
                 offset = latest.pop(record.get("source"), None) if _is_ours(record) else None
                 if offset is not None:
                     value = journal.read_line(lines, offset)
@@ -175,7 +175,7 @@ def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: 
             in_records = False
             writer.list_end()
         elif key == RECORDS_KEY:  # an empty list (or not a list at all)
-            if (json.loads(value) if isinstance(value, _Raw) else value) != []:
+            if (value.value if isinstance(value, _Raw) else value) != []:
                 raise ManifestError(f"'{RECORDS_KEY}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
             saw_records = True
             writer.list_start(key)
@@ -235,7 +235,10 @@ class _Writer:
 
 
 class _Raw(str):
-    """JSON text read from manifest.json and already checked: written back as it was."""
+    """JSON text read from manifest.json and already checked (its parsed value in `.value`):
+    written back as it was, so a fold does not encode what it did not change."""
+
+    value: Any
 
 
 def _dumps(content: dict[str, Any]) -> str:
@@ -323,11 +326,12 @@ def _line_events(handle: IO[str]) -> Iterator[tuple[str, str, Any]]:
 
 
 def _checked(text: str) -> "_Raw":
+    raw = _Raw(text)
     try:
-        json.loads(text)
+        raw.value = json.loads(text)
     except ValueError:
         raise _NotLineLayout() from None
-    return _Raw(text)
+    return raw
 
 
 def _events_of(content: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:

@@ -67,8 +67,8 @@ def resolve_source(root: Path, source: str) -> Path:
 
 def output_name_for(source_name: str) -> str:
     """`<stem>_flashsr.flac` for a FLAC source, `<stem>_flashsr.wav` for any other."""
-    path = PurePosixPath(source_name)
-    return path.stem + OUTPUT_MARK + LOSSLESS_KEEPING_SUFFIXES.get(path.suffix.lower(), ".wav")
+    stem, suffix = os.path.splitext(source_name)  # string functions: a re-run calls this per file
+    return stem + OUTPUT_MARK + LOSSLESS_KEEPING_SUFFIXES.get(suffix.lower(), ".wav")
 
 
 def output_relative_for(source: str) -> str:
@@ -126,7 +126,7 @@ def _another_file(candidate: Path, source_path: Path) -> bool:
 
 def is_output_name(name: str) -> bool:
     """`<stem>_flashsr.<ext>`: ours, whatever the extension."""
-    return PurePosixPath(name).stem.lower().endswith(OUTPUT_MARK)
+    return os.path.splitext(name)[0].lower().endswith(OUTPUT_MARK)
 
 
 def is_audio_name(name: str) -> bool:
@@ -150,9 +150,11 @@ def discover_sources(root: Path) -> Iterator[str]:
         dirs.sort()
         files.sort()
         remove_stale_temporaries(folder, files)
+        relative = relative_posix(root, Path(folder))
+        prefix = "" if relative == "." else relative + "/"
         for name in [*dirs, *files]:
             if is_audio_name(name):
-                yield relative_posix(root, Path(folder, name))
+                yield prefix + name
 
 
 # What atomic_path leaves when its writer is killed: ".<target>.<8 random characters>.tmp",

@@ -59,15 +59,14 @@ def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known]) 
 def _unchanged(root: Path, source: str, entry: Known, job: Job) -> bool:
     if entry.size is None or entry.mtime_ns is None:
         return False  # a record written before sizes and times were kept: hash it
-    path = Path(root, source)
     try:
-        stat = os.stat(path)
+        stat = os.stat(os.path.join(root, source))
     except OSError:
         return False
     if stat.st_size != entry.size or stat.st_mtime_ns != entry.mtime_ns:
         return False
     try:
-        output = output_path_for(path, root, Path(job.output_dir) if job.output_dir else None)
+        output = output_path_for(Path(root, source), root, Path(job.output_dir) if job.output_dir else None)
     except PathRefused:
         return False  # the per-file work says why in a failed record
     return output_is_whole(output)
