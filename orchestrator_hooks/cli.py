@@ -27,7 +27,13 @@ outputs and never inputs.
 
 On a GPU the FlashSR model does the work; without one (or without its weights) a
 high-quality sinc resampler does, and says so once. With a broker the files are sent
-to Celery workers; without one everything runs here (the default)."""
+to Celery workers; without one everything runs here (the default).
+
+Archives of any size: files are found, judged and processed a few at a time, and each
+finished file's record is journaled at once (.manifest.json.journal, folded into
+manifest.json when the run ends). A run that is killed or interrupted keeps what it
+finished: run the same command again and it does only the rest. A re-run skips a file
+whose size and modification time still match its record without reading it."""
 
 EPILOG = """\
 examples:
@@ -39,7 +45,8 @@ examples:
 exit status: 0 every selected file enhanced or skipped; 1 some failed (the others are
 still done and recorded); 2 usage error.
 
-environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_MODEL_DIR,
+environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_CHORD_SIZE,
+FLASHSR_MAX_IN_FLIGHT, FLASHSR_MODEL_DIR,
 FLASHSR_CACHE_DIR, FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REPO_TYPE, FLASHSR_WEIGHTS_REVISION,
 FLASHSR_ALLOWED_ROOTS, HF_HUB_OFFLINE, HF_TOKEN
 (see README.md)."""
