@@ -10,7 +10,7 @@ Every writer holds the same lock file, so concurrent runs on one root serialise;
 is replaced atomically, so a reader never sees half-written JSON; other keys and other stages'
 records are kept as they are.
 
-manifest.json is written one record per line (`_dumps`). That layout is read back as a stream
+manifest.json is written one record per line (`_Writer`). That layout is read back as a stream
 (`_events`), so folding a journal into a manifest of a million records holds neither of them
 in memory; a manifest that someone reformatted is read whole once and written back in it.
 """
@@ -81,13 +81,6 @@ def fold(root: Path) -> int:
         return _fold_locked(root)
 
 
-def merge_records(root: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Insert or replace this stage's records in manifest.json now (append, then fold)."""
-    with locked(root):
-        journal.append_locked(root, list(records))
-        _fold_locked(root)
-
-
 def records_by_source(root: Path, pick: Callable[[dict[str, Any]], Optional[T]]) -> dict[str, T]:
     """`pick(record)` for this stage's records as a reader sees them (manifest.json, then the
     journal on top), keyed by source; records that `pick` maps to None are left out. Streams
@@ -112,17 +105,6 @@ def _pick_into(picked: dict[str, Any], record: Any, pick: Callable[[dict[str, An
         value = pick(record)
         if value is not None:
             picked[record["source"]] = value
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    """manifest.json's whole content (journal not included), `{}` when there is none yet. For
-    tests and small tools: it holds everything in memory."""
-    path = manifest_path(root)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    return _parse_whole(text)
 
 
 # ------------------------------------------------------------------------------- folding
@@ -239,15 +221,6 @@ class _Raw(str):
     written back as it was, so a fold does not encode what it did not change."""
 
     value: Any
-
-
-def _dumps(content: dict[str, Any]) -> str:
-    """A whole manifest in the layout `_Writer` writes (for small tools and tests)."""
-    import io
-
-    buffer = io.StringIO()
-    _write_folded(buffer, _events_of(content), {}, io.BytesIO())
-    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------- reading

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from flashsr_tasks.journal import is_inside_relative
 from flashsr_tasks.manifest import RECORD_TYPE
 from flashsr_tasks.paths import output_relative_for
 
@@ -25,7 +26,7 @@ def new_record(source: str) -> dict[str, Any]:
     """A record with every key, `null` but for what the source's relative path alone tells."""
     record: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
     record.update(type=RECORD_TYPE, source=source)
-    if _plain_relative(source):
+    if is_inside_relative(source):
         output = output_relative_for(source)
         record.update(output_name=output.rsplit("/", 1)[-1], output_path=output)
     return record
@@ -36,7 +37,3 @@ def failed(record: dict[str, Any], error: str, known: Optional[dict[str, Any]] =
     record.update({k: v for k, v in (known or {}).items() if k in RECORD_KEYS and record.get(k) is None})
     record.update(status="failed", error=error)
     return record
-
-
-def _plain_relative(source: str) -> bool:
-    return bool(source) and not source.startswith("/") and ".." not in source.split("/")

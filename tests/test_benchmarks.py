@@ -24,3 +24,28 @@ def test_queue_overhead_benchmark_prints_its_figures() -> None:
     cpu_rss = float(re.search(r"idle cpu worker .*: RSS (\d+) MiB", out).group(1))
     assert 0 < cpu_rss < 200
     assert re.search(r"idle gpu worker .*: RSS \d+ MiB", out)
+
+
+def test_scale_benchmark_prints_its_figures() -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmarks/scale.py", "--sizes", "60", "120", "--folders", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    rows = re.findall(r"^(in-process|distributed)\s+(\d+)\s+(\d+)\s+\d+ MiB\s+(\S+ ?\S*)\s+(\S+)\s+\d+ MiB\s+(\d\.\d\d)x", out, re.M)
+    assert len(rows) == 4, out
+    for mode, files, _, _, keys, written in rows:
+        assert float(written) <= 3.0  # bytes written to manifest and journal against the final manifest
+        if mode == "distributed":
+            assert int(keys) <= 5  # a finished run leaves no result in Redis
+    assert re.search(r"growth in-process, 60 → 120 files: peak RSS [+-]\d+ bytes/file", out)
+    assert re.search(r"growth distributed, 60 → 120 files: .* Redis peak [+-]\d+ bytes/file", out)
+    assert re.search(r"--no-wait, nothing taken yet: \d+ bytes of Redis per queued file", out)
+
+
+def test_short_runs_benchmark_prints_its_figures() -> None:
+    run = subprocess.run([sys.executable, "benchmarks/short_runs.py", "--rounds", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"distributed - in-process: [+-]\d\.\d{3} s", run.stdout)
