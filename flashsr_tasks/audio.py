@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -13,6 +11,7 @@ import numpy as np
 import soundfile as sf
 
 from flashsr_tasks.atomic import atomic_path
+from flashsr_tasks.containers import AudioError, check_not_truncated, output_format_of
 
 # Sample formats an output keeps from its source; anything else (μ-law, A-law, 8-bit, ADPCM…)
 # becomes PCM_16, which holds all of their resolution.
@@ -30,10 +29,6 @@ _BLOCK_FRAMES = 1 << 16  # converted and written this many frames at a time
 _BYTES_PER_SAMPLE = {"PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
-class AudioError(Exception):
-    """A source cannot be used; the message is one sentence about the file, without its path."""
-
-
 @dataclass
 class Source:
     audio: np.ndarray  # float32 [frames, channels]
@@ -49,7 +44,7 @@ def sha256_of(path: Path) -> str:
 
 def read_source(path: Path) -> Source:
     """Decode a source into float32 `[frames, channels]`, refusing what cannot be enhanced."""
-    _check_not_truncated(path)
+    check_not_truncated(path)
     try:
         with sf.SoundFile(str(path)) as handle:
             subtype, rate, container, announced = handle.subtype, handle.samplerate, handle.format, handle.frames
@@ -85,11 +80,6 @@ def output_subtype(source_subtype: str, output_format: str = "WAV") -> str:
     if output_format == "FLAC" and subtype not in FLAC_SUBTYPES:
         return "PCM_24"
     return subtype
-
-
-def output_format_of(path: Path) -> str:
-    """The container an output path asks for: FLAC for `.flac`, else WAV."""
-    return "FLAC" if path.suffix.lower() == ".flac" else "WAV"
 
 
 def peak_of(audio: np.ndarray) -> float:
@@ -141,69 +131,5 @@ def _pcm16(block: np.ndarray) -> np.ndarray:
     return scaled.astype(np.int16)
 
 
-def output_is_whole(path: Path) -> bool:
-    """Whether an existing output can be trusted by a re-run: a WAV header and all the audio it
-    announces, or a FLAC whose last frames decode. Outputs are renamed into place but not fsynced
-    (per file, that halves throughput); after a power cut an output can be empty or cut short
-    while its record says ok, and it must then be redone rather than skipped."""
-    try:
-        if output_format_of(path) == "FLAC":
-            _check_flac_whole(path)
-        else:
-            _check_not_truncated(path, wav_only=True)
-    except (OSError, AudioError, sf.LibsndfileError, RuntimeError):
-        return False
-    return True
-
-
-def _check_flac_whole(path: Path) -> None:
-    """A FLAC's STREAMINFO states its length; a cut file cannot seek to (or decode) its last
-    frames. Decoding only the tail keeps a re-run's check cheap."""
-    with open(path, "rb") as raw:
-        if raw.read(4) != b"fLaC":
-            raise AudioError("is not a FLAC file")
-    with sf.SoundFile(str(path)) as handle:
-        if handle.frames <= 0:
-            raise AudioError("holds no audio samples")
-        tail = min(handle.frames, 4096)
-        handle.seek(handle.frames - tail)
-        if handle.read(tail).shape[0] != tail:
-            raise AudioError("is truncated")
-
-
 def _sentence(text: str) -> str:
     return text.strip().rstrip(".").replace("\n", " ") or "unknown format"
-
-
-def _check_not_truncated(path: Path, wav_only: bool = False) -> None:
-    """libsndfile silently reads what is there when a WAV's data chunk is cut short; a cut
-    recording should fail loudly instead of being enhanced as if it were whole. `wav_only`:
-    anything but a RIFF or RF64 WAV fails too (our outputs are never anything else)."""
-    with open(path, "rb") as handle:
-        # One read holds the chunk headers of almost every WAV (a re-run checks every output).
-        head = handle.read(512)
-        header = head[:12]
-        if wav_only and (header[:4] not in (b"RIFF", b"RF64") or header[8:12] != b"WAVE"):
-            raise AudioError("is not a WAV file")
-        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
-            return  # not a classic WAV: libsndfile judges it
-        endian = "<" if header[:4] == b"RIFF" else ">"
-        file_size = os.fstat(handle.fileno()).st_size
-        offset = 12
-        while offset + 8 <= file_size:
-            if offset + 8 <= len(head):
-                chunk = head[offset:offset + 8]
-            else:
-                handle.seek(offset)
-                chunk = handle.read(8)
-            chunk_id, chunk_size = struct.unpack(endian + "4sI", chunk)
-            if chunk_id == b"data":
-                if chunk_size in (0, 0xFFFFFFFF):
-                    return  # a streaming writer's placeholder: size unknown
-                present = file_size - offset - 8
-                if chunk_size > present:
-                    raise AudioError(
-                        f"is truncated: its header announces {chunk_size} bytes of audio but only {present} are present"
-                    )
-                return
-            offset += 8 + chunk_size + (chunk_size & 1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,48 +17,23 @@ from flashsr_tasks.audio import (
     describe,
     fit_full_scale,
     output_format_of,
-    output_is_whole,
     output_subtype,
     peak_of,
     read_source,
     sha256_of,
     write_output,
 )
+from flashsr_tasks.containers import output_is_whole
 from flashsr_tasks.enhancers import Enhancer
+from flashsr_tasks.job import ENHANCED, FAILED, SKIPPED, UNSELECTED, Job
 from flashsr_tasks.paths import PathRefused, output_owner, output_path_for, relative_posix, resolve_source
 from flashsr_tasks.records import failed, new_record
 from flashsr_tasks.resample import OUTPUT_RATE
 from flashsr_tasks.selection import selection_reason
 
+__all__ = ["ENHANCED", "FAILED", "SKIPPED", "UNSELECTED", "Job", "failed_outcome", "process_file"]
+
 log = logging.getLogger(__name__)
-
-# What became of one source; only ENHANCED and FAILED produce a record for the manifest.
-ENHANCED, SKIPPED, UNSELECTED, FAILED = "enhanced", "skipped", "unselected", "failed"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One run over a processed root; JSON-able so it can travel in a task message."""
-
-    root: str
-    device: str = "cuda"
-    model_dir: Optional[str] = None
-    force: bool = False
-    overwrite: bool = False
-    output_dir: Optional[str] = None  # outputs, manifest.json and its lock go here; None: the root
-
-    @property
-    def manifest_root(self) -> Path:
-        """The folder that holds the outputs' tree, manifest.json and its lock."""
-        return Path(self.output_dir or self.root)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Job":
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
 
 def process_file(
     root: Path,
@@ -131,6 +105,7 @@ def process_file(
             gain_db=round(20 * math.log10(gain), 3),
             input_sha256=input_sha256,
             output_sha256=sha256_of(output_path),
+            output_size=output_path.stat().st_size,
             model=enhancer.model,
             device=enhancer.device,
         )

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Union
 
-from flashsr_tasks.audio import output_is_whole
+from flashsr_tasks.containers import output_is_whole
+from flashsr_tasks.job import SKIPPED, Job
 from flashsr_tasks.manifest import records_by_source
 from flashsr_tasks.paths import PathRefused, output_path_for
-from flashsr_tasks.pipeline import SKIPPED, Job
 
 
 class Known(NamedTuple):
@@ -23,6 +23,7 @@ class Known(NamedTuple):
     input_sha256: str
     size: Optional[int]
     mtime_ns: Optional[int]
+    output_size: Optional[int]
 
 
 class Todo(NamedTuple):
@@ -40,7 +41,8 @@ def known_records(root: Path) -> dict[str, Known]:
 def _known(record: dict[str, Any]) -> Optional[Known]:
     if record.get("status") != "ok" or not isinstance(record.get("input_sha256"), str):
         return None
-    return Known(record["input_sha256"], record.get("source_size"), record.get("source_mtime_ns"))
+    return Known(record["input_sha256"], record.get("source_size"), record.get("source_mtime_ns"),
+                 record.get("output_size"))
 
 
 def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known]) -> Iterator[Union[Todo, dict[str, Any]]]:
@@ -69,4 +71,12 @@ def _unchanged(root: Path, source: str, entry: Known, job: Job) -> bool:
         output = output_path_for(Path(root, source), root, Path(job.output_dir) if job.output_dir else None)
     except PathRefused:
         return False  # the per-file work says why in a failed record
-    return output_is_whole(output)
+    if entry.output_size is None:
+        return output_is_whole(output)  # a record from before output sizes were kept: read its header
+    # Whole when it still has the size it was written with: a stat, where reading every output's
+    # header costs a disk read per file once an archive's outputs have left the page cache.
+    # Empty or cut-short outputs (what a power cut leaves, as outputs are not fsynced) differ.
+    try:
+        return os.stat(output).st_size == entry.output_size
+    except OSError:
+        return False

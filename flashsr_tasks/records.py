@@ -17,7 +17,7 @@ RECORD_KEYS = (
     "output_name", "output_path", "input_format", "output_format",
     "input_sample_rate", "output_sample_rate", "channels", "duration_s",
     "input_subtype", "output_subtype", "gain_db",
-    "input_sha256", "output_sha256", "source_size", "source_mtime_ns",
+    "input_sha256", "output_sha256", "source_size", "source_mtime_ns", "output_size",
     "model", "device", "elapsed_s", "created_at",
 )
 

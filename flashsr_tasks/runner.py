@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from flashsr_tasks.enhancers import Resampler, load_enhancer, wants_model
+from flashsr_tasks.job import Job
 from flashsr_tasks.lazy import LazyEnhancer
 from flashsr_tasks.manifest import append_records
 from flashsr_tasks.memory import keep_freed_memory
-from flashsr_tasks.pipeline import Job, process_file
 from flashsr_tasks.planning import Todo
 
 Outcome = dict[str, Any]
@@ -73,18 +72,26 @@ class _Journal:
 
 
 def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, processes: int) -> Iterator[list[Outcome]]:
+    passed, first = _first_todos(work, 1)
+    yield from passed
+    if not first:
+        return  # everything was skipped: nothing to load, not even numpy
+    # Imported only now, for the same reason.
+    from flashsr_tasks.enhancers import Resampler, load_enhancer, wants_model
+
+    todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
     if wants_model(job.device, job.model_dir):
         # The model is loaded at the first file that needs it, and used here, file after file.
         model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
         while not isinstance(model.loaded, Resampler):
-            item = next(work, None)
+            item = next(todos, None)
             if item is None:
                 return
             yield _one(root, item, job, model)
         # the model could not load: the rest is resampling, which a pool does best
-    passed, first = _first_todos(work, _MIN_FILES_FOR_POOL)
+    passed, first = _first_todos(todos, _MIN_FILES_FOR_POOL)
     yield from passed
-    todos = itertools.chain(first, work)
+    todos = itertools.chain(first, todos)
     if processes < 2 or len(first) < _MIN_FILES_FOR_POOL:
         for item in todos:
             yield _one(root, item, job, Resampler)
@@ -106,6 +113,8 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
 
 
 def _one(root: Path, item: Union[Todo, Outcome], job: Job, enhancer_for: Callable[[], Any]) -> list[Outcome]:
+    from flashsr_tasks.pipeline import process_file
+
     return [item if isinstance(item, dict) else process_file(root, item.source, job, enhancer_for, item.known_sha256)]
 
 
@@ -160,5 +169,8 @@ def _die_with_parent() -> None:
 
 
 def _pool_process(chunk: list[Todo]) -> list[Outcome]:
+    from flashsr_tasks.enhancers import Resampler
+    from flashsr_tasks.pipeline import process_file
+
     root, job = _pool_state["root"], _pool_state["job"]
     return [process_file(root, source, job, Resampler, known_sha256) for source, known_sha256 in chunk]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from flashsr_tasks.config import positive_int_env
 from flashsr_tasks.manifest import append_records
-from flashsr_tasks.pipeline import Job, failed_outcome
+from flashsr_tasks.job import Job
 from flashsr_tasks.planning import Todo
 
 Outcome = dict[str, Any]
@@ -143,6 +143,7 @@ def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], 
 
 
 def _recover(app: Any, chord: _Chord) -> list[Outcome]:
+    from flashsr_tasks.pipeline import failed_outcome
     from flashsr_tasks.tasks import forget_results
 
     outcomes = []

@@ -66,7 +66,7 @@ class FlashSRExtension:
     def run(self, on_outcome: Optional[Callable[[dict[str, Any]], None]] = None) -> RunSummary:
         from flashsr_tasks.manifest import fold
         from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name, sweep_stale_temporaries
-        from flashsr_tasks.pipeline import Job
+        from flashsr_tasks.job import Job
         from flashsr_tasks.planning import known_records, plan
 
         started = time.perf_counter()
