@@ -291,7 +291,9 @@ def write_random_weights(folder: str | os.PathLike[str], seed: int = 0) -> Path:
         # FlashSR loads student_ldm.pth into itself before attaching the VAE and the vocoder:
         # a DDPM around the UNet, with FlashSR's own schedule defaults.
         params = inspect.signature(FlashSR.__init__).parameters
-        return DDPM(model=AudioSRUnet(), model_output_type=params["model_output_type"].default,
+        unet = AudioSRUnet()
+        randomise_zero_layers(unet)
+        return DDPM(model=unet, model_output_type=params["model_output_type"].default,
                     beta_schedule_type=params["beta_schedule_type"].default)
 
     def vae() -> torch.nn.Module:
@@ -310,6 +312,29 @@ def write_random_weights(folder: str | os.PathLike[str], seed: int = 0) -> Path:
             torch.save(module.state_dict(), partial)
         del module
     return folder
+
+
+ZERO_LAYER_SCALE = 0.1  # of PyTorch's default initialisation: small, so the residual stream stays tame
+
+
+def randomise_zero_layers(module: torch.nn.Module) -> list[str]:
+    """Give every layer whose weight the library's constructors zero-initialise (`zero_module`:
+    the UNet's `out.2`, each ResBlock's `out_layers.3`, each transformer's `proj_out`) small
+    random values instead. With those layers at zero the UNet predicts exactly zero, so the
+    output depends neither on the noise nor on the input latent, and tests of noise and
+    batching could not fail. Returns the names of the weights changed."""
+    changed = []
+    for name, layer in module.named_modules():
+        weight = getattr(layer, "weight", None)
+        if (isinstance(weight, torch.nn.Parameter) and weight.dim() > 1 and not weight.any()
+                and hasattr(layer, "reset_parameters")):
+            with torch.no_grad():
+                layer.reset_parameters()  # PyTorch's default (Kaiming-uniform) weight and bias
+                layer.weight.mul_(ZERO_LAYER_SCALE)
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias.zero_()
+            changed.append(f"{name}.weight")
+    return changed
 
 
 def write_random_weights_in_subprocess(folder: str | os.PathLike[str], seed: int = 0) -> Path:
