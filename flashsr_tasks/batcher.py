@@ -19,13 +19,14 @@ Rules (after Ray Serve's `@serve.batch`, Triton's dynamic batcher, TorchRL's inf
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 
@@ -67,7 +68,8 @@ class Batcher:
     """One model, many callers: see the module docstring."""
 
     def __init__(self, run_batch: RunBatch, max_rows: int, max_wait_s: float = 0.02,
-                 max_queued_rows: Optional[int] = None, thread_setup: Optional[Callable[[], None]] = None,
+                 max_queued_rows: Optional[int] = None,
+                 thread_context: Optional[Callable[[], ContextManager]] = None,
                  name: str = "flashsr-batcher") -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
@@ -77,7 +79,7 @@ class Batcher:
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.max_queued_rows = max_queued_rows or 4 * max_rows
-        self._thread_setup = thread_setup
+        self._thread_context = thread_context or contextlib.nullcontext
         self._queue: deque[_Block] = deque()
         self._queued_rows = 0
         self._cond = threading.Condition()
@@ -159,8 +161,11 @@ class Batcher:
             return parts
 
     def _loop(self) -> None:
-        if self._thread_setup is not None:
-            self._thread_setup()  # e.g. torch.inference_mode is per thread: it is entered here
+        # e.g. torch.inference_mode: it is per thread, so it is entered here, in the model's thread
+        with self._thread_context():
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             parts = self._next_batch()
             if parts is None:

@@ -15,6 +15,7 @@ from flashsr_tasks.lazy import LazyEnhancer
 from flashsr_tasks.manifest import merge_records
 from flashsr_tasks.memory import keep_freed_memory
 from flashsr_tasks.pipeline import Job, process_file
+from flashsr_tasks.pipelined import pipelined_outcomes
 
 Outcome = dict[str, Any]
 # Files per pool message: large enough to amortise inter-process traffic on short calls,
@@ -45,11 +46,11 @@ def run_in_process(
 
 def _outcomes(root: Path, sources: list[str], job: Job, known: dict[str, str], processes: int) -> Iterator[Outcome]:
     if wants_model(job.device, job.model_dir):
-        # The model is loaded at the first file that needs it, and used here, file after file.
+        # The model is loaded at the first file that needs it; files share its batches (pipelined).
         model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
-        while sources and not isinstance(model.loaded, Resampler):
-            source = sources.pop(0)
-            yield process_file(root, source, job, model, known.get(source))
+        remaining = iter(sources)
+        yield from pipelined_outcomes(root, remaining, job, known, model)
+        sources = list(remaining)
         # the model could not load: the rest is resampling, which a pool does best
     if processes < 2 or len(sources) < _MIN_FILES_FOR_POOL:
         for source in sources:

@@ -1,0 +1,244 @@
+"""The gpu worker's pipeline against today's one-file-at-a-time path, on two corpora, in one run.
+
+Corpora (written to a temporary folder): 400 three-second 16 kHz clips, and 10 three-minute
+8 kHz calls (mono PCM_16, speech-like). Each goes through
+
+  today      `process_file` on one file after another, the model called as soon as a file's
+             batch is cut (no waiting, nothing in flight), with the library's own input
+             low-pass (`UtilAudioLowPassFilter`, as before this change);
+  pipeline   `pipelined_outcomes`: up to `--in-flight` files at once in threads, their windows
+             gathered into batches of up to `--batch-size` rows across files by the batcher
+             (waiting at most `--wait-ms` for a batch to fill), with `flashsr_tasks.lowpass`.
+
+Both call the same per-file function, which reads, decides, enhances, writes and hashes.
+Printed per corpus and path: files/s, audio seconds per second, rows per forward pass, the
+share of wall time the model is busy, and CPU ms per window outside the model (process CPU
+time minus the model thread's, per window).
+
+The model:
+  --simulate-ms M   a stand-in that keeps a simulated device busy M ms per forward pass
+                    (sleeping, the GIL released) and returns its input: SIMULATED figures,
+                    for measuring the pipeline on any machine;
+  --device cuda     the real FlashSR architecture (random weights unless --model_dir; the
+                    speed does not depend on the weights' values). `--autocast bf16` too.
+
+    python benchmarks/gpu_pipeline.py --simulate-ms 400 --batch-size 8
+    python benchmarks/gpu_pipeline.py --device cuda --batch-size 8 [--autocast bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flashsr_tasks.batched_enhancer import BatchedEnhancer  # noqa: E402
+from flashsr_tasks.lazy import LazyEnhancer  # noqa: E402
+from flashsr_tasks.lowpass import lowpass_rows  # noqa: E402
+from flashsr_tasks.paths import check_root  # noqa: E402
+from flashsr_tasks.pipeline import Job, process_file  # noqa: E402
+from flashsr_tasks.pipelined import pipelined_outcomes  # noqa: E402
+from flashsr_tasks.windows import WINDOW  # noqa: E402
+
+CORPORA = {  # name: (files, seconds, rate)
+    "clips": (400, 3.0, 16000),
+    "calls": (10, 180.0, 8000),
+}
+
+
+def speech_like(rate: int, seconds: float, seed: int) -> np.ndarray:
+    """Voiced harmonics with a wobbling pitch and a syllable envelope, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = rng.uniform(100, 220)
+    phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20) if k * f0 < rate / 2)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)) ** 2
+    return (0.15 * envelope * voiced + rng.normal(0, 0.01, t.shape)).astype(np.float32)
+
+
+def write_corpus(folder: Path, files: int, seconds: float, rate: int) -> list[str]:
+    folder.mkdir(parents=True)
+    base = [speech_like(rate, seconds, seed) for seed in range(min(files, 8))]  # content varies a little
+    names = []
+    for i in range(files):
+        name = f"f{i:04d}.wav"
+        sf.write(str(folder / name), base[i % len(base)], rate, subtype="PCM_16")
+        names.append(name)
+    return names
+
+
+class TimedModel:
+    """Wraps the model call: CPU time of the model's own thread (to subtract it)."""
+
+    def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._run_batch = run_batch
+        self.thread_cpu_s = 0.0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        started = time.thread_time()
+        try:
+            return self._run_batch(x)
+        finally:
+            self.thread_cpu_s += time.thread_time() - started
+
+
+def simulated_model(ms: float) -> Callable[[np.ndarray], np.ndarray]:
+    def run_batch(x: np.ndarray) -> np.ndarray:
+        time.sleep(ms / 1000)  # the device is busy; the GIL is free
+        return x
+
+    return run_batch
+
+
+def library_lowpass() -> Callable[[np.ndarray], np.ndarray]:
+    """Today's per-window low-pass: the library's detector and filter, row by row."""
+    import torch
+
+    from flashsr_tasks.model import _import_library
+
+    _, rows_fn = _import_library()
+
+    def prepare(rows: np.ndarray) -> np.ndarray:
+        return rows_fn(torch.from_numpy(rows)).numpy()
+
+    return prepare
+
+
+@dataclass
+class Figures:
+    corpus: str
+    path: str
+    files: int
+    wall_s: float
+    audio_s: float
+    rows: int
+    batches: int
+    busy_s: float
+    cpu_outside_s: float
+    failed: int
+
+    def line(self) -> str:
+        return (f"| {self.corpus} | {self.path} | {self.files / self.wall_s:.2f} | {self.audio_s / self.wall_s:.1f} | "
+                f"{self.rows / max(self.batches, 1):.2f} | {100 * self.busy_s / self.wall_s:.0f} % | "
+                f"{1000 * self.cpu_outside_s / max(self.rows, 1):.1f} |")
+
+
+def run(corpus: str, path: str, root: Path, sources: list[str], make_enhancer: Callable[[str], tuple[BatchedEnhancer, TimedModel]],
+        in_flight: int, audio_s: float) -> Figures:
+    for old in root.glob("*_flashsr.wav"):
+        old.unlink()
+    enhancer, timed = make_enhancer(path)
+    job = Job(root=str(root), device=enhancer.device)
+    checked = check_root(root)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if path == "today":
+        outcomes = [process_file(checked, s, job, lambda: enhancer) for s in sources]
+    else:
+        outcomes = list(pipelined_outcomes(checked, iter(sources), job, {}, LazyEnhancer(lambda: enhancer), in_flight))
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    stats = enhancer.stats
+    enhancer.close()
+    failed = [o for o in outcomes if o["outcome"] != "enhanced"]
+    if failed:
+        print(f"warning: {len(failed)} files not enhanced, e.g. {failed[0]['record']}", file=sys.stderr)
+    return Figures(corpus, path, len(sources), wall, audio_s, stats.rows, stats.batches, stats.busy_s,
+                   cpu - timed.thread_cpu_s, len(failed))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--simulate-ms", type=float, help="stand-in model: M ms of simulated device time per forward pass")
+    model.add_argument("--device", help="the real model on this device (cuda, cuda:N; cpu takes minutes per window)")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default 8)")
+    parser.add_argument("--wait-ms", type=float, default=30, help="longest wait for a batch to fill (default 30)")
+    parser.add_argument("--in-flight", type=int, default=None, help="files at once in the pipeline (default 3 x batch size)")
+    parser.add_argument("--corpora", default="clips,calls", help="which corpora (default clips,calls)")
+    parser.add_argument("--clips", type=int, default=CORPORA["clips"][0], help="number of clips (default 400)")
+    parser.add_argument("--calls", type=int, default=CORPORA["calls"][0], help="number of calls (default 10)")
+    parser.add_argument("--call-seconds", type=float, default=CORPORA["calls"][1], help="length of a call (default 180)")
+    parser.add_argument("--model_dir", help="real weights (default: random weights of the real architecture)")
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16", "fp16"], help="real model only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    in_flight = args.in_flight or 3 * args.batch_size
+
+    workdir = Path(tempfile.mkdtemp(prefix="flashsr-gpu-pipeline-"))
+    try:
+        if args.simulate_ms is not None:
+            label = f"SIMULATED model, {args.simulate_ms:g} ms per forward pass (not a GPU figure)"
+
+            def make_enhancer(path: str) -> tuple[BatchedEnhancer, TimedModel]:
+                timed = TimedModel(simulated_model(args.simulate_ms))
+                today = path == "today"
+                return BatchedEnhancer(timed, batch_size=args.batch_size, model="simulated", device="simulated",
+                                       prepare_rows=library_lowpass() if today else lowpass_rows,
+                                       max_wait_s=0 if today else args.wait_ms / 1000, ahead=0 if today else 1), timed
+        else:
+            make_enhancer, label = real_model(args, workdir)
+
+        print(f"# {label}; batch size {args.batch_size}, wait {args.wait_ms:g} ms, {in_flight} files in flight, "
+              f"{os.cpu_count()} CPU cores")
+        print("| corpus | path | files/s | audio s/s | rows per forward | model busy | CPU ms/window outside the model |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        specs = {"clips": (args.clips, CORPORA["clips"][1], CORPORA["clips"][2]),
+                 "calls": (args.calls, args.call_seconds, CORPORA["calls"][2])}
+        for corpus in [c.strip() for c in args.corpora.split(",") if c.strip()]:
+            files, seconds, rate = specs[corpus]
+            root = workdir / corpus
+            sources = write_corpus(root, files, seconds, rate)
+            results = {path: run(corpus, path, root, sources, make_enhancer, in_flight, files * seconds)
+                       for path in ("today", "pipeline")}
+            for figures in results.values():
+                print(figures.line(), flush=True)
+            today, pipe = results["today"], results["pipeline"]
+            print(f"# {corpus}: pipeline / today = {today.wall_s / pipe.wall_s:.2f}x files/s; "
+                  f"windows {pipe.rows} ({pipe.rows / files:.1f} per file)", flush=True)
+            shutil.rmtree(root)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def real_model(args: argparse.Namespace, workdir: Path) -> tuple[Callable[[str], tuple[BatchedEnhancer, TimedModel]], str]:
+    import torch
+
+    from flashsr_tasks.model import load_flashsr, write_random_weights_in_subprocess
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        model_dir = str(write_random_weights_in_subprocess(workdir / "random_weights"))
+    loaded = load_flashsr(device=args.device, model_dir=model_dir, batch_size=args.batch_size,
+                          autocast_dtype=args.autocast)
+    name = torch.cuda.get_device_name(loaded.device) if loaded.device.startswith("cuda") else "CPU"
+    label = f"FlashSR on {loaded.device} ({name}), autocast {loaded.autocast}"
+    today_lowpass = library_lowpass()
+
+    def make_enhancer(path: str) -> tuple[BatchedEnhancer, TimedModel]:
+        today = path == "today"
+        timed = TimedModel(loaded.forward_rows)
+        return BatchedEnhancer(timed, batch_size=args.batch_size, model=loaded.model, device=loaded.device,
+                               prepare_rows=today_lowpass if today else lowpass_rows,
+                               max_wait_s=0 if today else args.wait_ms / 1000, ahead=0 if today else 1,
+                               thread_context=torch.inference_mode), timed
+
+    return make_enhancer, label
+
+
+if __name__ == "__main__":
+    sys.exit(main())
