@@ -187,6 +187,8 @@ class Batcher:
                 continue
             self.stats.batches += 1
             self.stats.rows += x.shape[0]
+            log.debug("model batch of %d row%s from %d caller%s", x.shape[0], "" if x.shape[0] == 1 else "s",
+                      len(live), "" if len(live) == 1 else "s")
             offset = 0
             for block, s, e in live:
                 if block.out is None:
