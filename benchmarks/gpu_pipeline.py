@@ -22,7 +22,12 @@ The model:
   --device cuda     the real FlashSR architecture (random weights unless --model_dir; the
                     speed does not depend on the weights' values). `--autocast bf16` too.
 
-    python benchmarks/gpu_pipeline.py --simulate-ms 400 --batch-size 8
+With `--celery` (and --simulate-ms) the clips also go through real gpu workers on a private
+redis-server, the way a deployment runs them: the prefork pool with one process (the gpu
+worker before this change) against the threads pool with `--in-flight` task threads sharing
+one model (`simulated_gpu_app.py`); files/s, rows per pass and model busy are printed.
+
+    python benchmarks/gpu_pipeline.py --simulate-ms 400 --batch-size 8 [--celery]
     python benchmarks/gpu_pipeline.py --device cuda --batch-size 8 [--autocast bf16]
 """
 from __future__ import annotations
@@ -174,6 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--call-seconds", type=float, default=CORPORA["calls"][1], help="length of a call (default 180)")
     parser.add_argument("--model_dir", help="real weights (default: random weights of the real architecture)")
     parser.add_argument("--autocast", default="off", choices=["off", "bf16", "fp16"], help="real model only")
+    parser.add_argument("--celery", action="store_true", help="also the clips through real gpu workers (simulated model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     in_flight = args.in_flight or 3 * args.batch_size
@@ -210,6 +216,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"# {corpus}: pipeline / today = {today.wall_s / pipe.wall_s:.2f}x files/s; "
                   f"windows {pipe.rows} ({pipe.rows / files:.1f} per file)", flush=True)
             shutil.rmtree(root)
+        if args.celery:
+            if args.simulate_ms is None:
+                parser.error("--celery needs --simulate-ms")
+            celery_pools(args, workdir, in_flight)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
@@ -238,6 +248,53 @@ def real_model(args: argparse.Namespace, workdir: Path) -> tuple[Callable[[str],
                                thread_context=torch.inference_mode), timed
 
     return make_enhancer, label
+
+
+def celery_pools(args: argparse.Namespace, workdir: Path, in_flight: int) -> None:
+    """The clips through a real gpu worker on each pool, with the simulated model."""
+    import subprocess
+
+    from orchestrator_hooks import FlashSRExtension
+    from tests.services import REPO, start_redis, stop_process, worker_env
+
+    root = workdir / "celery-clips"
+    files, seconds, rate = args.clips, CORPORA["clips"][1], CORPORA["clips"][2]
+    write_corpus(root, files, seconds, rate)
+    redis = start_redis(workdir)
+    print(f"\n# Celery gpu worker, SIMULATED model ({args.simulate_ms:g} ms per pass), {files} clips")
+    print("| gpu worker | files/s | audio s/s | rows per pass | model busy |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    try:
+        for pool, concurrency in (("prefork", 1), ("threads", in_flight)):
+            for old in root.glob("*_flashsr.wav"):
+                old.unlink()
+            (root / "manifest.json").unlink(missing_ok=True)
+            log_path = workdir / f"worker-{pool}.log"
+            env = worker_env(redis.url, FLASHSR_SIMULATE_MS=str(args.simulate_ms), FLASHSR_BATCH_SIZE=str(args.batch_size),
+                             FLASHSR_BATCH_WAIT_MS=str(int(args.wait_ms)) if args.wait_ms >= 1 else "0",
+                             PYTHONPATH=str(REPO))
+            cmd = [sys.executable, "-m", "celery", "-A", "simulated_gpu_app", "worker", "-Q", "gpu", "--pool", pool,
+                   "--concurrency", str(concurrency), "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+                   "-n", f"sim-{pool}@localhost"]
+            with open(log_path, "wb") as out:
+                worker = subprocess.Popen(cmd, cwd=REPO / "benchmarks", env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+            try:
+                time.sleep(8)  # start-up (the stand-in model loads at once)
+                started = time.perf_counter()
+                summary = FlashSRExtension(root, device="cuda", broker=redis.url, progress=False).run()
+                wall = time.perf_counter() - started
+            finally:
+                stop_process(worker)
+            passes = [int(n) for n in __import__("re").findall(r"simulated pass: (\d+) rows", log_path.read_text())]
+            if summary.enhanced != files:
+                print(f"warning: {summary.enhanced} of {files} enhanced ({summary})", file=sys.stderr)
+            label = f"{pool}, --concurrency {concurrency}"
+            print(f"| {label} | {files / wall:.2f} | {files * seconds / wall:.1f} | "
+                  f"{sum(passes) / max(len(passes), 1):.2f} | {100 * len(passes) * args.simulate_ms / 1000 / wall:.0f} % |",
+                  flush=True)
+    finally:
+        redis.stop()
 
 
 if __name__ == "__main__":
