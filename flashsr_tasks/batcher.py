@@ -170,7 +170,8 @@ class Batcher:
             parts = self._next_batch()
             if parts is None:
                 return
-            live = [(b, s, e) for b, s, e in parts if not b.failed]
+            # a block that failed in an earlier slice, or whose caller gave up on it, is not run
+            live = [(b, s, e) for b, s, e in parts if not b.failed and not b.future.cancelled()]
             if not live:
                 continue
             try:

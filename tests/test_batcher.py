@@ -144,3 +144,21 @@ def test_close_fails_queued_rows() -> None:
     with pytest.raises(BatcherClosed):
         waiting.result(1)
     first.result(5)
+
+
+def test_rows_of_a_cancelled_block_are_not_run() -> None:
+    model = Recorder()
+    gate = threading.Event()
+    batcher = Batcher(lambda x: (gate.wait(5), model(x))[1], max_rows=1, max_wait_s=0)
+    try:
+        first = batcher.submit(rows(1, 0))
+        time.sleep(0.1)
+        unwanted = batcher.submit(rows(1, 1))
+        assert unwanted.cancel()  # its caller failed elsewhere and gave up on it
+        wanted = batcher.submit(rows(1, 2))
+        gate.set()
+        np.testing.assert_array_equal(wanted.result(5), rows(1, 2) * 2)
+        first.result(5)
+        assert model.sizes == [1, 1]  # first and wanted; never the cancelled one
+    finally:
+        batcher.close()
