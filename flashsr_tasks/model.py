@@ -3,8 +3,9 @@
 Imports torch; `flashsr_tasks.enhancers` imports this module only when the model is wanted.
 The inference code is FlashSR's own (import name `FlashSR`, PyPI `polflashsr`), used as a
 dependency. What this module adds: weights resolution (`flashsr_tasks.weights`), loading
-onto the CPU first, device choice, resampling to 48 kHz, windows (`flashsr_tasks.windows`)
-batched across channels and time, per-window input low-pass, and optional CUDA autocast.
+onto the CPU first, device choice, per-window noise (outputs independent of batching), and
+optional CUDA autocast with the vocoder kept in float32. Resampling, windows, the input
+low-pass and batching across files come from `flashsr_tasks.batched_enhancer`.
 
 Settings (environment; `load_flashsr` arguments take precedence):
 
@@ -40,11 +41,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from flashsr_tasks.atomic import atomic_path
+from flashsr_tasks.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.config import positive_int_env
+from flashsr_tasks.lowpass import lowpass_rows
 from flashsr_tasks.resample import OUTPUT_RATE
 from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, Weights, locate_weights
-from flashsr_tasks.batched_enhancer import BatchedEnhancer
-from flashsr_tasks.lowpass import lowpass_rows
 from flashsr_tasks.windows import DEFAULT_OVERLAP
 
 __all__ = ["FlashSREnhancer", "ModelUnavailable", "load_flashsr", "resolve_device", "write_random_weights"]
