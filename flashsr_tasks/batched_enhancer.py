@@ -76,7 +76,9 @@ class BatchedEnhancer:
 
     @property
     def stats(self) -> BatcherStats:
-        return self.batcher.stats
+        """What the latest batcher did (it stays readable after `close`)."""
+        with self._batcher_lock:
+            return self._batcher.stats if self._batcher is not None else BatcherStats()
 
     def prepare_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._prepare_rows(rows) if self._prepare_rows is not None else rows
