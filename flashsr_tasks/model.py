@@ -3,8 +3,9 @@
 Imports torch; `flashsr_tasks.enhancers` imports this module only when the model is wanted.
 The inference code is FlashSR's own (import name `FlashSR`, PyPI `polflashsr`), used as a
 dependency. What this module adds: weights resolution (`flashsr_tasks.weights`), loading
-onto the CPU first, device choice, resampling to 48 kHz, windows (`flashsr_tasks.windows`)
-batched across channels and time, per-window input low-pass, and optional CUDA autocast.
+onto the CPU first, device choice, per-window noise (outputs independent of batching), and
+optional CUDA autocast with the vocoder kept in float32. Resampling, windows, the input
+low-pass and batching across files come from `flashsr_tasks.batched_enhancer`.
 
 Settings (environment; `load_flashsr` arguments take precedence):
 
@@ -14,7 +15,9 @@ Settings (environment; `load_flashsr` arguments take precedence):
                            as FlashSR's `lowpass_input` does ("can help reduce discrepancy between
                            training data and inference data"). Upstream default: on (the default of
                            `FlashSR.forward`); upstream's README example passes it off. Default here: on.
-    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA; ignored on the CPU.
+    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA for the UNet and the VAE;
+                           the vocoder stays float32. Ignored on the CPU.
+    FLASHSR_BATCH_WAIT_MS  see `flashsr_tasks.batched_enhancer`.
 
 Also honoured (see `flashsr_tasks.weights`): FLASHSR_MODEL_DIR, FLASHSR_CACHE_DIR,
 FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN.
@@ -35,19 +38,22 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from flashsr_tasks.atomic import atomic_path
+from flashsr_tasks.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.config import positive_int_env
-from flashsr_tasks.resample import OUTPUT_RATE, to_output_rate
+from flashsr_tasks.lowpass import lowpass_rows
+from flashsr_tasks.resample import OUTPUT_RATE
 from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, Weights, locate_weights
-from flashsr_tasks.windows import DEFAULT_OVERLAP, WINDOW, apply_windowed
+from flashsr_tasks.windows import DEFAULT_OVERLAP
 
 __all__ = ["FlashSREnhancer", "ModelUnavailable", "load_flashsr", "resolve_device", "write_random_weights"]
 
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-SEED = 0  # fixed noise per batch: the same input gives the same output (on the same device and batch size)
+SEED = 0  # every window's noise: what a lone window draws right after torch.manual_seed(SEED)
 _INSTALL_HINT = "install the 'model' extra (pip install --no-deps polflashsr==0.0.2 && pip install 'flashsr[model]')"
 _torch_load_lock = threading.Lock()
 
@@ -133,7 +139,8 @@ def _torch_load_on_cpu() -> Iterator[None]:
 
 
 def _import_library() -> tuple[type, Optional[Callable[[torch.Tensor], torch.Tensor]]]:
-    """FlashSR's model class, and a per-row input low-pass built from its utilities (None if absent)."""
+    """FlashSR's model class, and a per-row input low-pass built from its utilities (None if absent):
+    the reference that `flashsr_tasks.lowpass` reproduces faster (tests and benchmarks compare them)."""
     try:
         with _quiet_library():
             from FlashSR.FlashSR import FlashSR
@@ -174,53 +181,109 @@ def _build(flashsr_class: type, weights: Weights) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------- the enhancer
 
-class FlashSREnhancer:
-    """The `Enhancer` for FlashSR: float32 `[frames, channels]` at any rate → 48 kHz, same duration."""
+class PerWindowNoise(TorchFunctionMode):
+    """Every window of a batch gets the noise it would get alone, right after
+    `torch.manual_seed(SEED)`: so its output does not depend on the batch size nor on the
+    other windows sharing the batch.
 
-    method = "flashsr"
+    FlashSR draws noise twice per forward pass, both with `torch.randn` and a batch-first
+    shape: the VAE posterior sample (`DiagonalGaussianDistribution.sample`, on the CPU
+    generator, then moved) and the diffusion start (`DiffusersWrapper.infer`, on the model's
+    device). Inside this mode (entered in the model's thread only: modes are per thread) each
+    such call is answered with one window's draw from private generators seeded with `SEED`,
+    in the same order as a lone window would draw them, repeated for every row. Any other
+    random draw raises, so a library change cannot silently bring batch-dependent noise back.
+    The global generators are not touched."""
+
+    _OTHER_RANDOM = {torch.rand, torch.randn_like, torch.rand_like, torch.randint, torch.normal,
+                     torch.bernoulli, torch.multinomial, torch.Tensor.normal_, torch.Tensor.uniform_,
+                     torch.Tensor.bernoulli_, torch.randperm}
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.rows = rows
+        self.draws = 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(SEED)
+        return self._generators[device]
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.randn:
+            size = tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else tuple(args)
+            if not size or size[0] != self.rows or "generator" in kwargs:
+                raise RuntimeError(f"FlashSR drew noise of shape {size} for a batch of {self.rows} rows: "
+                                   "this library version draws noise in a way flashsr does not handle")
+            device = torch.device(kwargs.get("device") or "cpu")
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            one = torch.randn((1, *size[1:]), generator=self._generator(device), device=device,
+                              dtype=kwargs.get("dtype"))
+            self.draws += 1
+            return one.expand(size).contiguous()
+        if func in self._OTHER_RANDOM:
+            raise RuntimeError(f"FlashSR called {getattr(func, '__name__', func)} during inference: this "
+                               "library version draws noise in a way flashsr does not handle")
+        return func(*args, **kwargs)
+
+
+def _keep_float32(module: torch.nn.Module, device_type: str) -> None:
+    """Run `module` outside autocast, in float32 (BigVGAN-style vocoders lose quality in bf16)."""
+    inner = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+        with torch.autocast(device_type, enabled=False):
+            return inner(*args, **kwargs)
+
+    module.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
+
+
+class FlashSREnhancer(BatchedEnhancer):
+    """The `Enhancer` for FlashSR: float32 `[frames, channels]` at any rate → 48 kHz, same duration.
+
+    Windows of every file this process enhances share the model's batches (`BatchedEnhancer`);
+    each window's output is the library's own forward for that window alone after
+    `torch.manual_seed(SEED)` (`PerWindowNoise`)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, label: str, *, batch_size: int,
-                 lowpass: Optional[Callable[[torch.Tensor], torch.Tensor]], autocast: str,
-                 forward_kwargs: dict[str, Any], overlap: int = DEFAULT_OVERLAP) -> None:
+                 lowpass: bool, autocast: str, forward_kwargs: dict[str, Any],
+                 overlap: int = DEFAULT_OVERLAP, max_wait_s: Optional[float] = None) -> None:
+        super().__init__(self.forward_rows, batch_size=batch_size, model=label, device=str(device),
+                         prepare_rows=lowpass_rows if lowpass else None, max_wait_s=max_wait_s,
+                         overlap=overlap, thread_context=torch.inference_mode)
         self._model = model
         self._device = device
-        self._lowpass = lowpass
-        self._autocast = AUTOCAST_DTYPES[autocast] if device.type == "cuda" else None
+        self._autocast = AUTOCAST_DTYPES[autocast]
         self._forward_kwargs = forward_kwargs
-        self._lock = threading.Lock()  # one inference at a time on this model
-        self.model = label
-        self.device = str(device)
-        self.batch_size = batch_size
-        self.lowpass_input = lowpass is not None
-        self.autocast = autocast if self._autocast is not None else "off"
-        self.overlap = overlap
+        self.lowpass_input = lowpass
+        self.autocast = autocast
+        if self._autocast is not None:
+            _keep_float32(model.sr_vocoder, device.type)
 
     @property
     def module(self) -> torch.nn.Module:
         """The library's FlashSR module, as loaded (for benchmarks against its own forward)."""
         return self._model
 
-    def _process(self, batch: np.ndarray) -> np.ndarray:
+    def forward_rows(self, batch: np.ndarray) -> np.ndarray:
+        """float32 `[rows, WINDOW]` → the model's output rows, each as if run alone after the seed."""
+        # The model's thread: to the device, one forward pass, back to the CPU. Nothing else.
         x = torch.from_numpy(batch).to(self._device)
-        if self._lowpass is not None:
-            x = self._lowpass(x)
-        devices = [self._device.index] if self._device.type == "cuda" else []
-        autocast = (torch.autocast("cuda", dtype=self._autocast) if self._autocast is not None
+        autocast = (torch.autocast(self._device.type, dtype=self._autocast) if self._autocast is not None
                     else contextlib.nullcontext())
-        with torch.random.fork_rng(devices=devices), autocast:
-            torch.manual_seed(SEED)
+        with PerWindowNoise(x.shape[0]), autocast:
             y = self._model(x, **self._forward_kwargs)
         return y.float().cpu().numpy()
 
-    def enhance(self, audio: np.ndarray, rate: int) -> np.ndarray:
-        audio48 = to_output_rate(np.asarray(audio, dtype=np.float32), rate)
-        with self._lock, torch.inference_mode():
-            out = apply_windowed(self._process, audio48, WINDOW, self.overlap, self.batch_size)
+    def _check(self, out: np.ndarray) -> None:
         if not np.isfinite(out).all():
             raise RuntimeError("FlashSR produced non-finite samples"
                                + (f" under {self.autocast} autocast: try FLASHSR_AUTOCAST=off"
                                   if self.autocast != "off" else ""))
-        return out
 
 
 def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_size: Optional[int] = None,
@@ -241,9 +304,7 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
     if autocast != "off" and torch_device.type != "cuda":
         log.warning("FLASHSR_AUTOCAST=%s applies to CUDA only; the CPU runs in float32", autocast)
 
-    flashsr_class, lowpass_rows = _import_library()
-    if lowpass_input and lowpass_rows is None:
-        log.warning("this FlashSR version has no input low-pass; FLASHSR_LOWPASS_INPUT is ignored")
+    flashsr_class, _ = _import_library()
     try:
         model = _build(flashsr_class, weights)
         model.eval().requires_grad_(False)  # the VAE has dropout: inference needs eval mode
@@ -261,11 +322,11 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
     # Windows are low-passed above, per row; never ask the library to do it again for the batch.
     takes_lowpass = "lowpass_input" in inspect.signature(flashsr_class.forward).parameters
     enhancer = FlashSREnhancer(
-        model, torch_device, weights.label, batch_size=batch_size,
-        lowpass=lowpass_rows if lowpass_input else None, autocast=autocast,
+        model, torch_device, weights.label, batch_size=batch_size, lowpass=lowpass_input,
+        autocast=autocast if torch_device.type == "cuda" else "off",
         forward_kwargs={"lowpass_input": False} if takes_lowpass else {}, overlap=overlap)
-    log.info("FlashSR loaded: %s on %s, batch size %d, input low-pass %s, autocast %s",
-             enhancer.model, enhancer.device, enhancer.batch_size,
+    log.info("FlashSR loaded: %s on %s, batch size %d (waiting up to %d ms to fill), input low-pass %s, "
+             "autocast %s", enhancer.model, enhancer.device, enhancer.batch_size, enhancer.max_wait_s * 1000,
              "on" if enhancer.lowpass_input else "off", enhancer.autocast)
     return enhancer
 
@@ -291,7 +352,9 @@ def write_random_weights(folder: str | os.PathLike[str], seed: int = 0) -> Path:
         # FlashSR loads student_ldm.pth into itself before attaching the VAE and the vocoder:
         # a DDPM around the UNet, with FlashSR's own schedule defaults.
         params = inspect.signature(FlashSR.__init__).parameters
-        return DDPM(model=AudioSRUnet(), model_output_type=params["model_output_type"].default,
+        unet = AudioSRUnet()
+        randomise_zero_layers(unet)
+        return DDPM(model=unet, model_output_type=params["model_output_type"].default,
                     beta_schedule_type=params["beta_schedule_type"].default)
 
     def vae() -> torch.nn.Module:
@@ -310,6 +373,29 @@ def write_random_weights(folder: str | os.PathLike[str], seed: int = 0) -> Path:
             torch.save(module.state_dict(), partial)
         del module
     return folder
+
+
+ZERO_LAYER_SCALE = 0.1  # of PyTorch's default initialisation: small, so the residual stream stays tame
+
+
+def randomise_zero_layers(module: torch.nn.Module) -> list[str]:
+    """Give every layer whose weight the library's constructors zero-initialise (`zero_module`:
+    the UNet's `out.2`, each ResBlock's `out_layers.3`, each transformer's `proj_out`) small
+    random values instead. With those layers at zero the UNet predicts exactly zero, so the
+    output depends neither on the noise nor on the input latent, and tests of noise and
+    batching could not fail. Returns the names of the weights changed."""
+    changed = []
+    for name, layer in module.named_modules():
+        weight = getattr(layer, "weight", None)
+        if (isinstance(weight, torch.nn.Parameter) and weight.dim() > 1 and not weight.any()
+                and hasattr(layer, "reset_parameters")):
+            with torch.no_grad():
+                layer.reset_parameters()  # PyTorch's default (Kaiming-uniform) weight and bias
+                layer.weight.mul_(ZERO_LAYER_SCALE)
+                if getattr(layer, "bias", None) is not None:
+                    layer.bias.zero_()
+            changed.append(f"{name}.weight")
+    return changed
 
 
 def write_random_weights_in_subprocess(folder: str | os.PathLike[str], seed: int = 0) -> Path:

@@ -81,13 +81,11 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
 
     todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
     if wants_model(job.device, job.model_dir):
-        # The model is loaded at the first file that needs it, and used here, file after file.
+        # The model is loaded at the first file that needs it; files share its batches (pipelined).
         model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
-        while not isinstance(model.loaded, Resampler):
-            item = next(todos, None)
-            if item is None:
-                return
-            yield _one(root, item, job, model)
+        from flashsr_tasks.pipelined import pipelined_outcomes
+
+        yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
         # the model could not load: the rest is resampling, which a pool does best
     passed, first = _first_todos(todos, _MIN_FILES_FOR_POOL)
     yield from passed

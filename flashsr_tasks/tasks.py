@@ -1,9 +1,12 @@
 """Celery tasks: thin callers of the per-file pipeline, plus the chord callback.
 
 Lifecycle of a gpu worker process: the main process learns from `-Q` that it serves the
-gpu queue; each pool process, once forked, starts loading the model in a background thread
-(a `worker_process_init` handler that blocked for the whole load would be killed after 4 s,
-and CUDA must only be touched after the fork); the first task waits for that load. A cpu
+gpu queue. On the threads pool (the pipelined gpu worker: `--pool threads --concurrency N`)
+it starts loading the model in a background thread at once; its N task threads share the
+one model and its batcher, so windows of N files share forward passes. On the prefork pool
+each pool process, once forked, starts loading the model in a background thread (a
+`worker_process_init` handler that blocked for the whole load would be killed after 4 s,
+and CUDA must only be touched after the fork). The first task waits for that load. A cpu
 worker never loads the model, nor torch, nor even numpy until its first task.
 """
 from __future__ import annotations
@@ -32,6 +35,25 @@ def _note_queues(conf: Any = None, options: Optional[dict] = None, **_: Any) -> 
     _serves_gpu = GPU_QUEUE in queues
     if not _serves_gpu and conf is not None:
         conf.worker_prefetch_multiplier = config.cpu_prefetch()
+
+
+@signals.worker_init.connect
+def _prepare_threads_pool(sender: Any = None, **_: Any) -> None:
+    """A gpu worker on the threads pool (the pipelined one: see README) runs its tasks in this
+    process, with no fork to wait for: start loading the model now."""
+    if _serves_gpu and not _forks(getattr(sender, "pool_cls", None)):
+        threading.Thread(target=gpu_enhancer, name="flashsr-model-load", daemon=True).start()
+
+
+def _forks(pool_cls: Any) -> bool:
+    from celery import concurrency
+    from celery.concurrency.prefork import TaskPool
+
+    try:
+        implementation = concurrency.get_implementation(pool_cls)
+    except Exception:
+        return True  # unknown: be safe, load after the fork
+    return isinstance(implementation, type) and issubclass(implementation, TaskPool)
 
 
 @signals.worker_process_init.connect

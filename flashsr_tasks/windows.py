@@ -21,7 +21,8 @@ into the output, so beyond the input and output arrays only one batch is held.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections import deque
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -29,6 +30,13 @@ WINDOW = 245_760          # FlashSR's fixed input: 5.12 s at 48 kHz
 DEFAULT_OVERLAP = WINDOW // 4  # demucs' default overlap (a quarter window, 1.28 s here)
 
 ProcessBatch = Callable[[np.ndarray], np.ndarray]
+
+
+class BatchFuture(Protocol):
+    def result(self) -> np.ndarray: ...
+
+
+SubmitBatch = Callable[[np.ndarray], BatchFuture]
 
 
 def window_starts(frames: int, window: int = WINDOW, overlap: int = DEFAULT_OVERLAP) -> list[int]:
@@ -58,6 +66,16 @@ def _rows(audio: np.ndarray, starts: list[int], window: int) -> Iterator[tuple[i
             yield k, c, row
 
 
+class _Done:
+    """A result already computed, with a Future's `result()`."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self._value = value
+
+    def result(self) -> np.ndarray:
+        return self._value
+
+
 def apply_windowed(
     process_batch: ProcessBatch,
     audio: np.ndarray,
@@ -69,6 +87,22 @@ def apply_windowed(
 
     Returns float32 `[frames, channels]`. `process_batch` never gets more than `batch_size` rows;
     rows are (window, channel) pairs in time order, so a batch mixes channels and windows.
+    """
+    return apply_windowed_async(lambda x: _Done(process_batch(x)), audio, window, overlap, batch_size, ahead=0)
+
+
+def apply_windowed_async(
+    submit_batch: SubmitBatch,
+    audio: np.ndarray,
+    window: int = WINDOW,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 1,
+    ahead: int = 1,
+) -> np.ndarray:
+    """`apply_windowed` with a model that answers later: `submit_batch` takes `[rows, window]`
+    and returns a future of the same shape. Up to `ahead` batches stay submitted while the
+    next one is cut (and prepared by `submit_batch`), so the caller's CPU work overlaps the
+    model; results are blended in order. Memory: the input, the output, `ahead + 1` batches.
     """
     if audio.ndim != 2:
         raise ValueError(f"audio must be [frames, channels], got shape {audio.shape}")
@@ -91,20 +125,35 @@ def apply_windowed(
         out[start + shared:end, c] = y[shared:end - start]
 
     batch: list[tuple[int, int, np.ndarray]] = []
+    in_flight: deque[tuple[list[tuple[int, int]], tuple[int, ...], Any]] = deque()
+
+    def collect() -> None:
+        keys, shape, future = in_flight.popleft()
+        y = np.asarray(future.result())
+        if y.shape != shape:
+            raise ValueError(f"the model returned shape {y.shape} for input {shape}")
+        for (k, c), y_row in zip(keys, y.astype(np.float32, copy=False)):
+            blend(k, c, y_row)
 
     def flush() -> None:
         x = np.stack([row for _, _, row in batch])
-        y = np.asarray(process_batch(x))
-        if y.shape != x.shape:
-            raise ValueError(f"process_batch returned shape {y.shape} for input {x.shape}")
-        for (k, c, _), y_row in zip(batch, y.astype(np.float32, copy=False)):
-            blend(k, c, y_row)
+        in_flight.append(([(k, c) for k, c, _ in batch], x.shape, submit_batch(x)))
         batch.clear()
+        while len(in_flight) > ahead:
+            collect()
 
-    for item in _rows(audio, starts, window):
-        batch.append(item)
-        if len(batch) == batch_size:
+    try:
+        for item in _rows(audio, starts, window):
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+        while in_flight:
+            collect()
+    finally:
+        for _, _, future in in_flight:  # a failure midway: rows still queued are not wanted
+            cancel = getattr(future, "cancel", None)
+            if cancel is not None:
+                cancel()
     return out

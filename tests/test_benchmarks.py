@@ -49,3 +49,23 @@ def test_short_runs_benchmark_prints_its_figures() -> None:
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"distributed - in-process: [+-]\d\.\d{3} s", run.stdout)
+
+
+
+def test_gpu_pipeline_benchmark_prints_its_figures() -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmarks/gpu_pipeline.py", "--simulate-ms", "20", "--batch-size", "4", "--clips", "12",
+         "--calls", "2", "--call-seconds", "12"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "SIMULATED model" in out and "not a GPU figure" in out
+    for corpus in ("clips", "calls"):
+        for path in ("today", "pipeline"):
+            row = re.search(rf"\| {corpus} \| {path} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) % \| ([\d.]+) \|", out)
+            assert row, out
+            files_per_s, audio_per_s, rows_per_pass, busy, cpu_ms = map(float, row.groups())
+            assert files_per_s > 0 and 1 <= rows_per_pass <= 4 and 0 < busy <= 100 and cpu_ms > 0
+        assert re.search(rf"# {corpus}: pipeline / today = [\d.]+x files/s", out)
+    assert "warning" not in run.stderr  # every file was enhanced

@@ -178,7 +178,8 @@ def test_worker_gpu_has_one_process_a_gpu_the_cache_and_the_data(default_config)
     worker = default_config["services"]["worker-gpu"]
     command = command_of(worker)
     assert command[:4] == ["celery", "-A", "flashsr_tasks", "worker"]
-    assert option(command, "-Q") == "gpu" and option(command, "--concurrency") == "1"
+    assert option(command, "-Q") == "gpu" and option(command, "--pool") == "threads"  # one process, files in threads
+    assert int(option(command, "--concurrency")) >= 2
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert len(devices) == 1 and "gpu" in devices[0]["capabilities"] and devices[0]["driver"] == "nvidia"
     assert devices[0].get("device_ids") == ["0"] or devices[0].get("count") == 1, "one GPU per gpu worker"

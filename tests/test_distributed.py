@@ -207,6 +207,48 @@ def test_a_killed_worker_has_its_tasks_redelivered_to_another(tmp_path, redis_se
     assert "flashsr.enhance_cpu" in second.log_text()
 
 
+def _threads_in_open(pid: int) -> int:
+    """How many threads of `pid` are blocked in openat (257), e.g. on a FIFO without a writer."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            count += (task / "syscall").read_text().split()[0] == "257"
+        except (OSError, IndexError):
+            pass
+    return count
+
+
+def test_a_killed_pipelined_gpu_worker_loses_none_of_its_files_in_flight(tmp_path, redis_server, workers):
+    """The gpu worker runs on the threads pool (files share the model's batches): there is no pool
+    process to lose, so a kill is a whole worker's; its files in flight are redelivered, each
+    ends with one output and one record."""
+    gpu = dict(HF_HUB_OFFLINE="1", FLASHSR_CACHE_DIR=str(tmp_path / "cache"), FLASHSR_VISIBILITY_TIMEOUT="5")
+    first = workers("gpu", concurrency=3, extra_args=("--pool", "threads"), **gpu)
+    root = tmp_path / "stage"
+    names = calls(root, 2)
+    fifos = [hanging_source(root, f"hang{i}.wav") for i in range(3)]
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(s=FlashSRExtension(
+        root, device="cuda", broker=redis_server.url, progress=False).run()))
+    thread.start()
+    wait_for(lambda: _threads_in_open(first.process.pid) == 3, 60, "three files in flight in three task threads")
+    for fifo in fifos:
+        release(fifo)
+    first.kill()
+    assert redis_server.client().hlen("unacked") >= 3
+    second = workers("gpu", concurrency=3, extra_args=("--pool", "threads"), **gpu)
+    thread.join(90)
+    assert not thread.is_alive(), second.log_text()[-2000:]
+    assert done["s"].enhanced == 5 and done["s"].failed == 0
+    found = records(root)
+    assert sorted(found) == sorted([*names, "hang0.wav", "hang1.wav", "hang2.wav"])
+    assert all(r["status"] == "ok" for r in found.values())
+    assert len(json.loads((root / "manifest.json").read_text())["enhancements"]) == 5
+    assert sorted(p.name for p in root.glob("*_flashsr.wav")) == sorted(
+        n.replace(".wav", "_flashsr.wav") for n in found)
+    assert not list(root.glob(".*.tmp"))
+
+
 def test_two_orchestrators_write_one_manifest_at_once(tmp_path, redis_server, workers):
     workers("cpu", concurrency=2)
     root = tmp_path / "stage"

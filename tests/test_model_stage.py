@@ -43,16 +43,26 @@ def test_the_command_runs_flashsr_in_process_with_a_model_dir(tmp_path, random_m
     check_flashsr_output(root, "call.wav", random_model_dir, 8000, 8000, 1)
 
 
-def test_a_gpu_worker_preloads_the_model_once_and_runs_flashsr(tmp_path, redis_server, workers, random_model_dir):
-    # No GPU here: the worker's cuda falls back to the CPU with a warning, model and all.
-    gpu = workers("gpu", FLASHSR_MODEL_DIR=str(random_model_dir), FLASHSR_DEVICE="cuda")
+def test_a_pipelined_gpu_worker_runs_several_files_through_one_forward_pass(tmp_path, redis_server, workers,
+                                                                          random_model_dir):
+    # No GPU here: the worker's cuda falls back to the CPU with a warning, model and all. Two
+    # files in flight in two task threads; their windows share one forward pass of two rows
+    # (every window costs about a minute on a CPU: two rows is the whole budget).
+    gpu = workers("gpu", concurrency=2, extra_args=("--pool", "threads", "--loglevel", "DEBUG"),
+                  FLASHSR_MODEL_DIR=str(random_model_dir),
+                  FLASHSR_DEVICE="cuda", FLASHSR_BATCH_SIZE="2", FLASHSR_BATCH_WAIT_MS="60000")
     root = tmp_path / "stage"
-    # one file: every window costs minutes on a CPU (loading once per process, not per task,
-    # is checked with three tasks in test_distributed's fallback test)
     write(root / "a.wav", speech_like(16000, 0.5, seed=1), 16000, "PCM_24")
+    write(root / "b.wav", speech_like(8000, 0.7, seed=2), 8000, "PCM_16")
     summary = FlashSRExtension(root, device="cuda", broker=redis_server.url, progress=False).run()
-    assert summary.methods == {"flashsr": 1}, summary
-    check_flashsr_output(root, "a.wav", random_model_dir, 8000, 16000, 1)
+    assert summary.methods == {"flashsr": 2}, summary
+    a = check_flashsr_output(root, "a.wav", random_model_dir, 8000, 16000, 1)
+    b = check_flashsr_output(root, "b.wav", random_model_dir, 5600, 8000, 1)
     log = gpu.log_text()
-    assert log.count("gpu worker ready: method=flashsr") == 1, log[-3000:]
+    assert log.count("gpu worker ready: method=flashsr") == 1, log[-3000:]  # one model for both threads
     assert log.count("no CUDA GPU") == 1
+    # One shared pass: with a batch of two and a minute's wait, a lone row would have waited a
+    # minute for company, and two passes one after the other would end a pass apart; the two
+    # files instead end together, each after at least one whole pass.
+    assert log.count("model batch of 2 rows from 2 callers") == 1 and "model batch of 1 row" not in log, log[-3000:]
+    assert abs(a["elapsed_s"] - b["elapsed_s"]) < 0.5 * min(a["elapsed_s"], b["elapsed_s"])
