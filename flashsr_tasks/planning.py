@@ -58,6 +58,22 @@ def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known]) 
             yield Todo(source, entry.input_sha256)
 
 
+def in_chunks(work: Iterable[Union[Todo, dict[str, Any]]], size: int) -> Iterator[Union[list[Todo], dict[str, Any]]]:
+    """The Todos of `work` in lists of `size` (a pool message, a chord); outcomes already
+    decided pass through as they come."""
+    chunk: list[Todo] = []
+    for item in work:
+        if isinstance(item, dict):
+            yield item
+            continue
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _unchanged(root: Path, source: str, entry: Known, job: Job) -> bool:
     if entry.size is None or entry.mtime_ns is None:
         return False  # a record written before sizes and times were kept: hash it

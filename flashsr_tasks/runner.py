@@ -24,7 +24,7 @@ from flashsr_tasks.job import Job
 from flashsr_tasks.lazy import LazyEnhancer
 from flashsr_tasks.manifest import append_records
 from flashsr_tasks.memory import keep_freed_memory
-from flashsr_tasks.planning import Todo
+from flashsr_tasks.planning import Todo, in_chunks
 
 Outcome = dict[str, Any]
 # Files per pool message: large enough to amortise inter-process traffic on short calls,
@@ -98,7 +98,7 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         processes, initializer=_init_pool, initargs=(str(root), job.to_dict())
     ) as pool:
         window: collections.deque = collections.deque()
-        for item in _chunked(todos):
+        for item in in_chunks(todos, _CHUNK):
             if isinstance(item, dict):
                 yield [item]
                 continue
@@ -128,21 +128,6 @@ def _first_todos(work: Iterator[Union[Todo, Outcome]], count: int) -> tuple[list
             if len(todos) >= count:
                 break
     return passed, todos
-
-
-def _chunked(work: Iterator[Union[Todo, Outcome]]) -> Iterator[Union[list[Todo], Outcome]]:
-    """Todos in lists of `_CHUNK`; decided outcomes pass through as they come."""
-    chunk: list[Todo] = []
-    for item in work:
-        if isinstance(item, dict):
-            yield item
-            continue
-        chunk.append(item)
-        if len(chunk) == _CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _start_method() -> str:

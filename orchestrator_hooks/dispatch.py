@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 from flashsr_tasks.config import positive_int_env
 from flashsr_tasks.manifest import append_records
 from flashsr_tasks.job import Job
-from flashsr_tasks.planning import Todo
+from flashsr_tasks.planning import Todo, in_chunks
 
 Outcome = dict[str, Any]
 # Files per chord: one callback and one journal write per chord. Small enough that a chord's
@@ -65,7 +65,10 @@ def run_distributed(
     in_flight = sent = 0
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
-        for chunk in _chunks(work, chord_size, on_outcome):
+        for chunk in in_chunks(work, chord_size):
+            if isinstance(chunk, dict):  # decided here (a skip): nothing to send
+                on_outcome(chunk)
+                continue
             if app is None:  # connect only when there is something to send: a re-run that skips all never does
                 app = make_app(broker, collector=True)
                 _check_reachable(app, broker)
@@ -86,20 +89,6 @@ def run_distributed(
             for chord in window:
                 app.backend.result_consumer.cancel_for(chord.callback.id)
             app.close()
-
-
-def _chunks(work: Iterable[Union[Todo, Outcome]], size: int, on_outcome: Callable[[Outcome], None]) -> Iterator[list[Todo]]:
-    chunk: list[Todo] = []
-    for item in work:
-        if isinstance(item, dict):
-            on_outcome(item)
-            continue
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _send(app: Any, job: Job, chunk: list[Todo], wait: bool) -> _Chord:
