@@ -38,12 +38,22 @@ def journal_path(root: Path) -> Path:
     return Path(root) / JOURNAL_NAME
 
 
+def dumps(value: Any) -> str:
+    """JSON text as readable as it can be (UTF-8, not escaped) and always encodable: a file name
+    that is not valid UTF-8 reaches Python with lone surrogates, and is then written escaped
+    (`\\udce9`), which reads back as the same string."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
+
+
 def encode(records: Iterable[dict[str, Any]]) -> bytes:
     """Whole JSON lines for the records whose source is a relative path inside the root (a
     forged task message can name any path; only paths inside the root belong here)."""
-    return b"".join(
-        json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records if is_inside_relative(r.get("source"))
-    )
+    return b"".join(dumps(r).encode("utf-8") + b"\n" for r in records if is_inside_relative(r.get("source")))
 
 
 def append_locked(root: Path, records: Iterable[dict[str, Any]], sync: bool = False) -> int:
@@ -53,10 +63,11 @@ def append_locked(root: Path, records: Iterable[dict[str, Any]], sync: bool = Fa
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            # a writer died mid-line: cut its torn line away, or ours would be glued onto it
-            size = _last_newline_end(fd, size)
-            os.ftruncate(fd, size)
+        start = _torn_last_line(fd, size)
+        if start is not None:
+            # replay skips it; cut it away, or ours would be glued onto it (or bury it mid-file)
+            os.ftruncate(fd, start)
+            size = start
             log.warning("%s: dropped a torn last line left by a killed run", JOURNAL_NAME)
         if data:
             written = os.write(fd, data)
@@ -113,7 +124,7 @@ def is_inside_relative(source: Any) -> bool:
     if not isinstance(source, str):
         return False
     parts = PurePosixPath(source).parts
-    return bool(parts) and not source.startswith("/") and ".." not in parts and "\\" not in source
+    return bool(parts) and not source.startswith("/") and ".." not in parts
 
 
 class _TornLine(Exception):
@@ -134,9 +145,24 @@ def _parsed(offset: int, line: bytes, number: int, last: bool) -> tuple[int, dic
     )
 
 
+def _torn_last_line(fd: int, size: int) -> Optional[int]:
+    """Where the journal's last line starts when it is torn (no newline, or not a record, as
+    replay judges it); None when it is whole or the journal is empty."""
+    if not size:
+        return None
+    if os.pread(fd, 1, size - 1) != b"\n":
+        return _last_newline_end(fd, size)
+    start = _last_newline_end(fd, size - 1)
+    try:
+        _parsed(start, os.pread(fd, size - start, start), 0, last=True)
+    except _TornLine:
+        return start
+    return None
+
+
 def _last_newline_end(fd: int, size: int) -> int:
     """The offset just after the last newline before `size` (0 when there is none)."""
-    step = 1 << 16
+    step = 4096  # a record's line is under 1 KB: one read almost always finds it
     end = size
     while end > 0:
         start = max(0, end - step)
@@ -145,4 +171,5 @@ def _last_newline_end(fd: int, size: int) -> int:
         if cut >= 0:
             return start + cut + 1
         end = start
+        step = min(step * 4, 1 << 20)
     return 0

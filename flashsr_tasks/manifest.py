@@ -139,6 +139,7 @@ def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: 
     out.truncate()
     writer = _Writer(out)
     in_records = saw_records = False
+    replaced: set[str] = set()  # a source listed twice keeps one record: the journaled one
     for kind, key, value in events:
         if kind == "list_start":
             in_records = key == RECORDS_KEY
@@ -147,9 +148,13 @@ def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: 
         elif kind == "item":
             if in_records:
                 record = value.value if isinstance(value, _Raw) else value
-                offset = latest.pop(record.get("source"), None) if _is_ours(record) else None
+                source = record.get("source") if _is_ours(record) else None
+                if isinstance(source, str) and source in replaced:
+                    continue
+                offset = latest.pop(source, None) if isinstance(source, str) else None
                 if offset is not None:
                     value = journal.read_line(lines, offset)
+                    replaced.add(source)
             writer.item(value)
         elif kind == "list_end":
             if in_records:
@@ -192,12 +197,12 @@ class _Writer:
         self.items = 0
 
     def _key(self, key: str) -> None:
-        self.out.write(("{\n" if self.keys == 0 else ",\n") + f"  {json.dumps(key, ensure_ascii=False)}: ")
+        self.out.write(("{\n" if self.keys == 0 else ",\n") + f"  {journal.dumps(key)}: ")
         self.keys += 1
 
     def value(self, key: str, value: Any) -> None:
         self._key(key)
-        self.out.write(value if isinstance(value, _Raw) else json.dumps(value, ensure_ascii=False))
+        self.out.write(value if isinstance(value, _Raw) else journal.dumps(value))
 
     def list_start(self, key: str) -> None:
         self._key(key)
@@ -205,7 +210,7 @@ class _Writer:
         self.items = 0
 
     def item(self, value: Any) -> None:
-        text = value if isinstance(value, _Raw) else json.dumps(value, ensure_ascii=False)
+        text = value if isinstance(value, _Raw) else journal.dumps(value)
         self.out.write(("\n    " if self.items == 0 else ",\n    ") + text)
         self.items += 1
 
@@ -262,7 +267,9 @@ _decoder = json.JSONDecoder()
 
 
 def _line_events(handle: IO[str]) -> Iterator[tuple[str, str, Any]]:
-    """The one-record-per-line layout after its first line, checked as it goes."""
+    """The one-record-per-line layout after its first line, checked as it goes. A key given twice
+    counts as another layout: JSON readers keep its last value, and the whole-file parse does too."""
+    keys: set[str] = set()
     for line in handle:
         if not line.startswith('  "'):
             raise _NotLineLayout()
@@ -270,8 +277,9 @@ def _line_events(handle: IO[str]) -> Iterator[tuple[str, str, Any]]:
             key, end = _decoder.raw_decode(line, 2)
         except ValueError:
             raise _NotLineLayout() from None
-        if not line.startswith(": ", end):
+        if not line.startswith(": ", end) or key in keys:
             raise _NotLineLayout()
+        keys.add(key)
         text = line[end + 2:].rstrip("\n")
         last = not text.endswith(",")
         text = text if last else text[:-1]

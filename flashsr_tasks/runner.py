@@ -50,7 +50,7 @@ def run_in_process(
     """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
     outcomes already decided (skips) pass straight through to `on_outcome`."""
     journal = _Journal(job.manifest_root)
-    for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1):
+    for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add):
         journal.add(outcomes)
         if on_outcome:
             for outcome in outcomes:
@@ -71,9 +71,10 @@ class _Journal:
                 self.synced = time.monotonic()
 
 
-def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, processes: int) -> Iterator[list[Outcome]]:
-    passed, first = _first_todos(work, 1)
-    yield from passed
+def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, processes: int,
+              salvage: Callable[[list[Outcome]], None]) -> Iterator[list[Outcome]]:
+    first: list[Todo] = []
+    yield from _skips_until(work, 1, first)
     if not first:
         return  # everything was skipped: nothing to load, not even numpy
     # Imported only now, for the same reason.
@@ -87,8 +88,8 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
 
         yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
         # the model could not load: the rest is resampling, which a pool does best
-    passed, first = _first_todos(todos, _MIN_FILES_FOR_POOL)
-    yield from passed
+    first = []
+    yield from _skips_until(todos, _MIN_FILES_FOR_POOL, first)
     todos = itertools.chain(first, todos)
     if processes < 2 or len(first) < _MIN_FILES_FOR_POOL:
         for item in todos:
@@ -98,16 +99,21 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         processes, initializer=_init_pool, initargs=(str(root), job.to_dict())
     ) as pool:
         window: collections.deque = collections.deque()
-        for item in in_chunks(todos, _CHUNK):
-            if isinstance(item, dict):
-                yield [item]
-                continue
-            window.append(pool.apply_async(_pool_process, (item,)))
-            # Collect what is done; wait for the oldest chunk only when the window is full.
-            while window and (window[0].ready() or len(window) >= processes * _WINDOW_CHUNKS):
+        try:
+            for item in in_chunks(todos, _CHUNK):
+                if isinstance(item, dict):
+                    yield [item]
+                    continue
+                window.append(pool.apply_async(_pool_process, (item,)))
+                # Collect what is done; wait for the oldest chunk only when the window is full.
+                while window and (window[0].ready() or len(window) >= processes * _WINDOW_CHUNKS):
+                    yield window.popleft().get()
+            while window:
                 yield window.popleft().get()
-        while window:
-            yield window.popleft().get()
+        except BaseException:
+            # Ctrl-C: chunks that finished behind an unfinished one are records too.
+            salvage([o for r in window if r.ready() and r.successful() for o in r.get()])
+            raise
 
 
 def _one(root: Path, item: Union[Todo, Outcome], job: Job, enhancer_for: Callable[[], Any]) -> list[Outcome]:
@@ -116,18 +122,16 @@ def _one(root: Path, item: Union[Todo, Outcome], job: Job, enhancer_for: Callabl
     return [item if isinstance(item, dict) else process_file(root, item.source, job, enhancer_for, item.known_sha256)]
 
 
-def _first_todos(work: Iterator[Union[Todo, Outcome]], count: int) -> tuple[list[list[Outcome]], list[Todo]]:
-    """The first `count` Todos, and the skips before them: a pool is only worth starting for a few files."""
-    passed: list[list[Outcome]] = []
-    todos: list[Todo] = []
+def _skips_until(work: Iterator[Union[Todo, Outcome]], count: int, todos: list[Todo]) -> Iterator[list[Outcome]]:
+    """Pass skips through until `count` Todos are in `todos` (or `work` ends): a pool is only
+    worth starting for a few files, and a re-run that skips everything holds nothing."""
     for item in work:
         if isinstance(item, dict):
-            passed.append([item])
+            yield [item]
         else:
             todos.append(item)
             if len(todos) >= count:
-                break
-    return passed, todos
+                return
 
 
 def _start_method() -> str:

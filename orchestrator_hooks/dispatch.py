@@ -122,8 +122,11 @@ def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], 
     else:
         # A member raised (a hard time limit), so the callback did not run: journal what the
         # other members returned, as it would have, and a failed record for the one that raised.
+        from flashsr_tasks.tasks import forget_results
+
         outcomes = _recover(app, chord)
         append_records(job.manifest_root, [o["record"] for o in outcomes if o.get("record")], sync=True)
+        forget_results(app, [task_id for task_id, _ in chord.members])  # only once journaled
     for outcome in outcomes:
         on_outcome(outcome)
     chord.callback.forget()
@@ -133,7 +136,6 @@ def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], 
 
 def _recover(app: Any, chord: _Chord) -> list[Outcome]:
     from flashsr_tasks.pipeline import failed_outcome
-    from flashsr_tasks.tasks import forget_results
 
     outcomes = []
     for task_id, source in chord.members:
@@ -142,7 +144,6 @@ def _recover(app: Any, chord: _Chord) -> list[Outcome]:
             outcomes.append({k: v for k, v in value.items() if k != "task_id"})
         else:
             outcomes.append(failed_outcome(source, f"failed on its worker ({type(value).__name__}: {value})"))
-    forget_results(app, [task_id for task_id, _ in chord.members])
     return outcomes
 
 

@@ -56,11 +56,19 @@ def test_a_torn_last_line_is_dropped_and_cut_before_the_next_append(tmp_path, ca
     assert [r["source"] for r in on_disk(tmp_path)["enhancements"]] == ["a.wav", "b.wav"]
 
 
-def test_a_damaged_line_in_the_middle_is_an_error_not_a_silent_loss(tmp_path):
+def test_an_unreadable_last_line_is_cut_too_so_the_next_append_cannot_bury_it(tmp_path):
     append_records(tmp_path, [record("a.wav")])
     with open(journal.journal_path(tmp_path), "ab") as handle:
         handle.write(b"garbage\n")
     append_records(tmp_path, [record("b.wav")])
+    fold(tmp_path)
+    assert [r["source"] for r in on_disk(tmp_path)["enhancements"]] == ["a.wav", "b.wav"]
+
+
+def test_a_damaged_line_in_the_middle_is_an_error_not_a_silent_loss(tmp_path):
+    append_records(tmp_path, [record("a.wav")])
+    with open(journal.journal_path(tmp_path), "ab") as handle:  # not our writer: damage mid-file
+        handle.write(b"garbage\n" + json.dumps(record("b.wav")).encode() + b"\n")
     before = journal.journal_path(tmp_path).read_bytes()
     with pytest.raises(journal.JournalError, match="line 2 is damaged"):
         fold(tmp_path)
@@ -86,6 +94,23 @@ def test_an_invalid_manifest_stops_the_fold_and_keeps_the_journal(tmp_path, text
         fold(tmp_path)
     assert (tmp_path / "manifest.json").read_text() == text
     assert [r["source"] for _, r in journal.replay(tmp_path)] == ["a.wav"]
+
+
+def test_names_that_are_not_utf8_or_hold_a_backslash_keep_their_records(tmp_path):
+    odd = os.fsdecode(b"caf\xe9.wav")  # what os.walk gives for a Latin-1 name on a UTF-8 system
+    append_records(tmp_path, [record(odd), record("a\\b.wav")])
+    fold(tmp_path)
+    assert [r["source"] for r in on_disk(tmp_path)["enhancements"]] == sorted([odd, "a\\b.wav"])
+    assert records_by_source(tmp_path, lambda r: r["source"]) == {odd: odd, "a\\b.wav": "a\\b.wav"}
+
+
+def test_a_repeated_key_or_source_in_the_manifest_folds_as_json_readers_see_it(tmp_path):
+    (tmp_path / "manifest.json").write_text(
+        '{\n  "enhancements": [\n    {"type": "flashsr", "source": "old.wav"}\n  ],\n'
+        '  "enhancements": [\n    ' + json.dumps(record("a.wav", n=1)) + ',\n    ' + json.dumps(record("a.wav", n=2)) + '\n  ]\n}\n')
+    append_records(tmp_path, [record("a.wav", n=3)])
+    fold(tmp_path)
+    assert on_disk(tmp_path)["enhancements"] == [record("a.wav", n=3)]
 
 
 def test_an_empty_records_list_and_an_empty_manifest(tmp_path):
