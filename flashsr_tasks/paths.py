@@ -168,11 +168,11 @@ def sweep_stale_temporaries(root: Path) -> int:
     return sum(remove_stale_temporaries(folder, files) for folder, _, files in os.walk(root))
 
 
-def remove_stale_temporaries(folder: str, names: Iterable[str], now: Optional[float] = None) -> int:
+def remove_stale_temporaries(folder: str, names: Iterable[str]) -> int:
     """Remove our temporary files in `folder` older than an hour (a live writer renames its own
     within seconds); returns how many. Other programs' temporary files are left alone."""
     removed = 0
-    deadline = (time.time() if now is None else now) - STALE_TEMPORARY_S
+    deadline = time.time() - STALE_TEMPORARY_S
     for name in names:
         match = _TEMPORARY.match(name)
         if not match or not (is_output_name(match["target"]) or match["target"] == MANIFEST_NAME):

@@ -36,4 +36,9 @@ def journal_outcomes(outcomes: list[dict[str, Any]], root: str) -> list[dict[str
         append_records(check_root(Path(root)), [o["record"] for o in outcomes if o.get("record")], sync=True)
     except PathRefused:
         pass  # a forged root: its members were refused too, and nothing is written there
-    return [{k: v for k, v in o.items() if k != "task_id"} for o in outcomes]
+    return [reported(o) for o in outcomes]
+
+
+def reported(outcome: dict[str, Any]) -> dict[str, Any]:
+    """A member's outcome as the orchestrator reports it: without the task id it carries for the callback."""
+    return {k: v for k, v in outcome.items() if k != "task_id"}

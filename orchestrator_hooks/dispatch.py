@@ -136,12 +136,13 @@ def _collect(app: Any, chord: _Chord, job: Job, on_outcome: Callable[[Outcome], 
 
 def _recover(app: Any, chord: _Chord) -> list[Outcome]:
     from flashsr_tasks.pipeline import failed_outcome
+    from flashsr_tasks.worker_side import reported
 
     outcomes = []
     for task_id, source in chord.members:
         value = app.AsyncResult(task_id).get(timeout=10, propagate=False)
         if isinstance(value, dict) and "outcome" in value:
-            outcomes.append({k: v for k, v in value.items() if k != "task_id"})
+            outcomes.append(reported(value))
         else:
             outcomes.append(failed_outcome(source, f"failed on its worker ({type(value).__name__}: {value})"))
     return outcomes
