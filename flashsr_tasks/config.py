@@ -49,6 +49,18 @@ def cpu_prefetch() -> int:
     return positive_int_env("FLASHSR_CPU_PREFETCH", 4)
 
 
+def keep_input_band() -> bool:
+    """FLASHSR_KEEP_INPUT_BAND=1: the output below the input's band edge is the input's own
+    content, the model's only above it (flashsr_tasks.band_keeping). Off by default: FlashSR's
+    own output is what its authors evaluated."""
+    value = os.environ.get("FLASHSR_KEEP_INPUT_BAND", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"FLASHSR_KEEP_INPUT_BAND must be 1 or 0, not {value!r}")
+
+
 def positive_int_env(name: str, default: int) -> int:
     """A positive whole number from the environment, `default` when unset; ValueError names the variable."""
     value = os.environ.get(name)

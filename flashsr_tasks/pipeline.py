@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from flashsr_tasks import config
 from flashsr_tasks.audio import (
     AudioError,
     describe,
@@ -23,6 +24,7 @@ from flashsr_tasks.audio import (
     sha256_of,
     write_output,
 )
+from flashsr_tasks.band_keeping import keep_input_band
 from flashsr_tasks.containers import output_is_whole
 from flashsr_tasks.enhancers import Enhancer
 from flashsr_tasks.job import ENHANCED, FAILED, SKIPPED, UNSELECTED, Job
@@ -81,6 +83,8 @@ def process_file(
         enhancer = enhancer_for()
         record["method"] = enhancer.method
         out = enhancer.enhance(src.audio, src.rate)
+        if enhancer.method == "flashsr" and config.keep_input_band():
+            out, record["kept_input_band_hz"] = keep_input_band(src.audio, src.rate, out)
         del src.audio  # the largest temporary; free it before writing
         peak = peak_of(out)
         if not math.isfinite(peak):

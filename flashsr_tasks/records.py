@@ -18,7 +18,7 @@ RECORD_KEYS = (
     "input_sample_rate", "output_sample_rate", "channels", "duration_s",
     "input_subtype", "output_subtype", "gain_db",
     "input_sha256", "output_sha256", "source_size", "source_mtime_ns", "output_size",
-    "model", "device", "elapsed_s", "created_at",
+    "model", "device", "kept_input_band_hz", "elapsed_s", "created_at",
 )
 
 
