@@ -42,7 +42,8 @@ class FileScore:
     lsd_hf: float
     lsd_lf: float
     si_sdr_db: float
-    kept_input_band_hz: Optional[int]
+    gain_db: Optional[float]             # the record's: a gain below 0 dB kept peaks inside full scale
+    kept_input_band_hz: Optional[int]    # the record's: FLASHSR_KEEP_INPUT_BAND's kept band, if applied
 
 
 @dataclass
@@ -132,6 +133,7 @@ def _score_one(audio: np.ndarray, reference_rate: int, target: np.ndarray, rate:
         output=output_path.relative_to(work).as_posix(),
         lsd=distance.lsd, lsd_hf=distance.lsd_hf, lsd_lf=distance.lsd_lf,
         si_sdr_db=si_sdr_db(estimate, target),
+        gain_db=record.get("gain_db"),
         kept_input_band_hz=record.get("kept_input_band_hz"),
     )
 
