@@ -132,3 +132,12 @@ def test_metrics_see_what_they_should() -> None:
     assert half.lsd == pytest.approx(2 * np.log10(2), rel=1e-6)  # log10 of the power ratio, 4×
     assert si_sdr_db(0.5 * x, x) > 100
     assert si_sdr_db(np.roll(x, 48), x) < 0  # 1 ms late: the waveform no longer matches
+
+
+def test_quality_figures_script_prints_its_markdown_table(tmp_path: Path) -> None:
+    """docs/quality.md's table comes from this script; run small here so it keeps working."""
+    run = subprocess.run([sys.executable, "benchmarks/quality_figures.py", "--work", str(tmp_path), "--rates", "8000",
+                          "--seconds", "1", "--count", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    row = run.stdout.splitlines()[-1]
+    assert row.startswith("| 8000 | resample | 2 | ") and row.count("|") == 8
