@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from flashsr_tasks.run_facts import RunFacts
 
 DESCRIPTION = """\
 Write one self-contained HTML page about a processed root (the folder holding manifest.json):
@@ -72,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return EXIT_OK
 
 
-def render(facts: "RunFacts", root: Path, sources: Path) -> str:  # noqa: F821 (imported lazily)
+def render(facts: RunFacts, root: Path, sources: Path) -> str:
     """The whole page as one string."""
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>flashsr report: {e(root.name)}</title>"
@@ -97,10 +99,10 @@ def render(facts: "RunFacts", root: Path, sources: Path) -> str:  # noqa: F821 (
     return "".join(parts)
 
 
-def _throughput(facts: "RunFacts") -> str:  # noqa: F821
+def _throughput(facts: RunFacts) -> str:
     rows = [("audio enhanced", f"{facts.audio_s:,.1f} s")]
     if facts.busy_s > 0:
-        rows.append(("per-file work, summed", f"{facts.busy_s:,.1f} s ({facts.audio_s / facts.busy_s:,.1f}× real time "
+        rows.append(("per-file work, summed", f"{facts.busy_s:,.2f} s ({facts.audio_s / facts.busy_s:,.1f}× real time "
                                               f"per worker)"))
     wall = facts.wall_s
     if wall:
@@ -111,7 +113,7 @@ def _throughput(facts: "RunFacts") -> str:  # noqa: F821
     return f"<h2>Throughput</h2><table id=throughput>{cells}</table>"
 
 
-def _samples(facts: "RunFacts", root: Path, sources: Path) -> str:  # noqa: F821
+def _samples(facts: RunFacts, root: Path, sources: Path) -> str:
     from flashsr_tasks.png import png_bytes
     from flashsr_tasks.spectrogram import TOP_HZ, spectrogram_rgb
 
