@@ -29,9 +29,8 @@ def join_bands(low: np.ndarray, high: np.ndarray, pass_below_hz: float, stop_abo
     if low.shape != high.shape:
         raise ValueError(f"the two bands differ in shape: {low.shape} and {high.shape}")
     taps = lowpass_taps(float(pass_below_hz), float(stop_above_hz), rate)
-    difference = np.asarray(low, dtype=np.float32) - np.asarray(high, dtype=np.float32)
-    joined = np.asarray(high, dtype=np.float32) + _filtered(difference, taps)
-    return joined
+    filtered = _filtered(np.subtract(low, high, dtype=np.float32), taps)
+    return np.add(filtered, high, out=filtered, dtype=np.float32)  # in place: no third full-size copy
 
 
 @functools.lru_cache(maxsize=16)
