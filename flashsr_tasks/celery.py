@@ -69,6 +69,9 @@ def make_app(
         # shutdown that does this). Measured in docs/workers.md.
         worker_soft_shutdown_timeout=float(config.shutdown_grace_s()),
     )
+    if config.quorum_queues() and broker.split("://", 1)[0].startswith("amqp"):
+        # Celery then uses per-consumer prefetch, which quorum queues need (worker_detect_quorum_queues).
+        app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
     return app
 
 

@@ -70,6 +70,13 @@ def cpu_prefetch() -> int:
     return positive_int_env("FLASHSR_CPU_PREFETCH", 4)
 
 
+def quorum_queues() -> bool:
+    """`FLASHSR_QUORUM_QUEUES=1`: on RabbitMQ, declare the gpu and cpu queues as quorum queues
+    (replicated over a cluster, they survive the loss of a node). An existing classic queue of
+    the same name must be deleted first: RabbitMQ refuses to change a queue's type."""
+    return os.environ.get("FLASHSR_QUORUM_QUEUES", "") == "1"
+
+
 def positive_int_env(name: str, default: int) -> int:
     """A positive whole number from the environment, `default` when unset; ValueError names the variable."""
     value = os.environ.get(name)

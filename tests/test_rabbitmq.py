@@ -1,5 +1,6 @@
 """RabbitMQ as the broker (results in Redis): a run end to end, and a worker killed mid-task has its
 task redelivered to another at once (no visibility timeout). Each test has a vhost of its own."""
+import subprocess
 import threading
 import time
 
@@ -53,3 +54,21 @@ def test_a_killed_worker_on_rabbitmq_has_its_task_redone_by_another_within_secon
         first.kill()
         if second is not None:
             second.stop()
+
+
+def test_quorum_queues_on_request(tmp_path, redis_server, vhost, monkeypatch):
+    monkeypatch.setenv("FLASHSR_RESULT_BACKEND", redis_server.url)
+    monkeypatch.setenv("FLASHSR_QUORUM_QUEUES", "1")
+    env = worker_env(vhost.url, FLASHSR_RESULT_BACKEND=redis_server.url, FLASHSR_QUORUM_QUEUES="1")
+    worker = start_worker("cpu", vhost.url, tmp_path, 1, env=env)
+    try:
+        root = tmp_path / "stage"
+        names = calls(root, 3)
+        summary = FlashSRExtension(root, device="cpu", broker=vhost.url, progress=False).run()
+        assert summary.enhanced == 3 and sorted(records(root)) == names
+        listed = subprocess.run(["rabbitmqctl", "list_queues", "-q", "-p", vhost.name, "name", "type"],
+                                capture_output=True, text=True, timeout=60, check=True).stdout
+        types = dict(line.split()[:2] for line in listed.splitlines() if line.strip() and "\t" in line)
+        assert types.get("cpu") == "quorum", listed
+    finally:
+        worker.stop()
