@@ -51,13 +51,13 @@ def run_in_process(
     """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
     outcomes already decided (skips) pass straight through to `on_outcome`."""
     journal = _Journal(job.manifest_root)
-    produced = _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add)
+    produced = _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add_if_room)
     try:
         for outcomes in produced:
             try:
                 journal.add(outcomes)
             except OSError as exc:
-                if is_disk_full(exc) or "disk full" in str(exc):
+                if is_disk_full(exc):
                     raise DiskFull(str(job.manifest_root)) from None
                 raise
             if on_outcome:
@@ -76,6 +76,15 @@ class _Journal:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.synced = time.monotonic()
+
+    def add_if_room(self, outcomes: list[Outcome]) -> None:
+        """For records salvaged while the run stops: a full disk must not hide why it stopped
+        (those files are redone by the next run, their outputs being unrecorded)."""
+        try:
+            self.add(outcomes)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
 
     def add(self, outcomes: list[Outcome]) -> None:
         records = [o["record"] for o in outcomes if o["record"] is not None]
