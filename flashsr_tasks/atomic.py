@@ -18,6 +18,9 @@ def _default_file_mode() -> int:
 
 
 _FILE_MODE = _default_file_mode()
+# This process's temporary files being written, for a process that must end at once
+# (flashsr_tasks.shutdown) to remove on its way out.
+_live: set[str] = set()
 
 
 @contextmanager
@@ -32,6 +35,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         # inside the try: a SIGTERM or Ctrl-C just after the file is made still removes it
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        _live.add(tmp)
         os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
@@ -43,6 +47,17 @@ def atomic_path(target: Path) -> Iterator[Path]:
             except FileNotFoundError:
                 pass
         raise
+    finally:
+        _live.discard(tmp)
+
+
+def remove_live_temporaries() -> None:
+    """Remove the temporary files this process is writing (it is about to end without unwinding)."""
+    for tmp in list(_live):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 _HELD = (signal.SIGINT, signal.SIGTERM)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
+
+from flashsr_tasks.atomic import remove_live_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,20 @@ def _hand_back_after(worker: Any, grace_s: float) -> None:
     unfinished = len(state.active_requests)
     restored = _restore_unacknowledged(worker)
     print(f"worker: handed back {restored} unfinished task(s) ({unfinished} running); exiting", flush=True)
-    # The task threads cannot be stopped; ending the process is the only way out. A file cut
-    # mid-write leaves a hidden .tmp that the next run on its folder removes.
+    # The task threads cannot be stopped; ending the process is the only way out.
+    remove_live_temporaries()
     os._exit(1 if unfinished else 0)
+
+
+def install_in_pool_process() -> None:
+    """A prefork pool process cancelled by the cold shutdown gets SIGTERM, which by default ends
+    it at once, leaving the temporary file of a write it was in; remove that on the way out."""
+    signal.signal(signal.SIGTERM, _end_pool_process)
+
+
+def _end_pool_process(_signum: int, _frame: Any) -> None:
+    remove_live_temporaries()
+    os._exit(1)
 
 
 def _restore_unacknowledged(worker: Any) -> int:

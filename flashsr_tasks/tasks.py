@@ -76,6 +76,9 @@ def _forks(pool_cls: Any) -> bool:
 
 @signals.worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
+    from flashsr_tasks import shutdown
+
+    shutdown.install_in_pool_process()
     if _serves_gpu:
         threading.Thread(target=gpu_enhancer, name="flashsr-model-load", daemon=True).start()
     else:
