@@ -96,3 +96,19 @@ def test_ctrl_c_to_the_process_group_is_one_line_and_leaves_no_temporary_file(tm
     assert not _temporaries(root)
     done = len(list(root.glob("*_flashsr.wav")))
     assert done < len(names), "the run finished before the interrupt: the test proves nothing"
+
+
+@pytest.mark.celery
+def test_on_a_worker_the_records_of_files_that_hit_a_full_disk_say_so(tmp_path, small_disk, redis_server, workers):
+    workers("cpu", concurrency=2)
+    sources = tmp_path / "calls"
+    names = _calls(sources, 12, seconds=1.0)
+    command = _command("--input", str(sources), "--output_dir", str(small_disk), "--broker", redis_server.url)
+    run = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "AssertionError" not in run.stderr
+    journal = [json.loads(line) for line in (small_disk / ".manifest.json.journal").read_text().splitlines()]
+    failed = [r for r in journal if r["status"] == "failed"]
+    assert failed and all(r["error"] == f"{r['source']} could not be written: no space left on device."
+                          for r in failed)
+    assert len(journal) == len(names) and not _temporaries(small_disk, sources)
