@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import soundfile as sf
 
-from flashsr_tasks.atomic import atomic_path
+from flashsr_tasks.atomic import atomic_path, signals_held
 from flashsr_tasks.containers import AudioError, check_not_truncated, output_format_of
 
 # Sample formats an output keeps from its source; anything else (μ-law, A-law, 8-bit, ADPCM…)
@@ -112,14 +112,54 @@ def write_output(path: Path, audio: np.ndarray, rate: int, subtype: str) -> None
         container = "RF64"
     # Through a Python file object: soundfile's path API fsyncs every file on close, which on
     # these disks costs more than the resampling; a killed run still leaves nothing partial.
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle, sf.SoundFile(
-        handle, "w", rate, audio.shape[1], subtype=subtype, format=container
-    ) as out:
-        if subtype == "PCM_16" and audio.dtype == np.float32:
-            for start in range(0, audio.shape[0], _BLOCK_FRAMES):
-                out.write(_pcm16(audio[start:start + _BLOCK_FRAMES]))
-        else:
-            out.write(audio)
+    with atomic_path(path) as tmp, signals_held(), open(tmp, "wb") as raw:
+        sink = _ErrorKeepingFile(raw)
+        try:
+            with sf.SoundFile(sink, "w", rate, audio.shape[1], subtype=subtype, format=container) as out:
+                if subtype == "PCM_16" and audio.dtype == np.float32:
+                    for start in range(0, audio.shape[0], _BLOCK_FRAMES):
+                        out.write(_pcm16(audio[start:start + _BLOCK_FRAMES]))
+                else:
+                    out.write(audio)
+        except Exception:
+            sink.raise_kept()  # the cause (a full disk), not libsndfile's consequence of it
+            raise
+        sink.raise_kept()
+
+
+class _ErrorKeepingFile:
+    """A file for libsndfile's callbacks whose failed write returns a short count instead of
+    raising: an exception inside a cffi callback is only printed (`Exception ignored from cffi
+    callback … vio_write`) and libsndfile reports an empty error. The first OSError (ENOSPC,
+    EDQUOT, EIO) is kept and raised by `raise_kept` once libsndfile has given up."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.error: Optional[OSError] = None
+
+    def write(self, data: bytes) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            written = self._raw.write(data)
+        except OSError as exc:
+            self.error = exc
+            return 0
+        return len(data) if written is None else written
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return self._raw.seek(offset, whence)
+        except OSError as exc:  # seeking flushes the buffer: the same full disk
+            self.error = self.error or exc
+            return 0
+
+    def raise_kept(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
 
 
 def _pcm16(block: np.ndarray) -> np.ndarray:

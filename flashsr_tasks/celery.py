@@ -64,7 +64,14 @@ def make_app(
         task_routes={ENHANCE_TASK[GPU_QUEUE]: {"queue": GPU_QUEUE}, ENHANCE_TASK[CPU_QUEUE]: {"queue": CPU_QUEUE}},
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # SIGTERM (a preemption notice, docker stop): the tasks running go on for the grace, then
+        # whatever is unfinished goes back to the broker at once (tasks.py makes SIGTERM the cold
+        # shutdown that does this). Measured in docs/workers.md.
+        worker_soft_shutdown_timeout=float(config.shutdown_grace_s()),
     )
+    if config.quorum_queues() and broker.split("://", 1)[0].startswith("amqp"):
+        # Celery then uses per-consumer prefetch, which quorum queues need (worker_detect_quorum_queues).
+        app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
     return app
 
 

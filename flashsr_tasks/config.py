@@ -9,12 +9,18 @@ import os
 from typing import Optional
 
 DEFAULT_BROKER_FOR_WORKERS = "redis://localhost:6379/0"
-# A gpu task of a 30-minute call takes under a minute on a GPU; a gpu worker that fell back
-# to its CPU can take far longer. Past this a task is killed and recorded as failed.
-DEFAULT_TASK_TIME_LIMIT_S = 4 * 3600
-# Redis hands an unacknowledged task to another worker after this long, so it must stay
-# above the longest task or a healthy long task would run twice.
-VISIBILITY_MARGIN_S = 600
+# Redis hands an unacknowledged task to another worker after this long: it is how long the files
+# of a worker killed outright (a crashed host, a SIGKILL) wait on Redis. One file's task is a
+# few seconds on a GPU even for an hour-long call, so 30 minutes is ample headroom while keeping
+# a crash's cost bounded (docs/workers.md). RabbitMQ redelivers at once and needs none of this.
+DEFAULT_VISIBILITY_TIMEOUT_S = 1800
+# A task is killed (and recorded as failed) this long before the visibility timeout, so that a
+# healthy long task never outlives it and runs twice.
+VISIBILITY_MARGIN_S = 300
+# A worker told to stop (SIGTERM) finishes what it can for this long, then hands back the rest:
+# below the shortest notice it may get (30 s on GCP/Azure spot, 2 min on AWS; docker stop
+# waits 10 s unless stop_grace_period says more, as docker-compose.yml does).
+DEFAULT_SHUTDOWN_GRACE_S = 20
 
 
 def broker_url() -> Optional[str]:
@@ -26,11 +32,26 @@ def result_backend(broker: Optional[str]) -> Optional[str]:
 
 
 def task_time_limit_s() -> int:
-    return positive_int_env("FLASHSR_TASK_TIME_LIMIT", DEFAULT_TASK_TIME_LIMIT_S)
+    """Default: just below the visibility timeout (see VISIBILITY_MARGIN_S)."""
+    explicit = os.environ.get("FLASHSR_TASK_TIME_LIMIT")
+    if explicit:
+        return positive_int_env("FLASHSR_TASK_TIME_LIMIT", 1)
+    visibility = positive_int_env("FLASHSR_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S)
+    # A visibility timeout of seconds (a test of redelivery) does not make every task that short.
+    return max(visibility, DEFAULT_VISIBILITY_TIMEOUT_S) - VISIBILITY_MARGIN_S
 
 
 def visibility_timeout_s() -> int:
-    return positive_int_env("FLASHSR_VISIBILITY_TIMEOUT", task_time_limit_s() + VISIBILITY_MARGIN_S)
+    """Default: 30 minutes, or the task time limit plus the margin when that is set higher."""
+    default = DEFAULT_VISIBILITY_TIMEOUT_S
+    if os.environ.get("FLASHSR_TASK_TIME_LIMIT"):
+        default = max(default, task_time_limit_s() + VISIBILITY_MARGIN_S)
+    return positive_int_env("FLASHSR_VISIBILITY_TIMEOUT", default)
+
+
+def shutdown_grace_s() -> int:
+    """Seconds a worker sent SIGTERM keeps running its tasks before it hands them back."""
+    return positive_int_env("FLASHSR_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_S)
 
 
 def model_dir() -> Optional[str]:
@@ -59,6 +80,13 @@ def keep_input_band() -> bool:
     if value in ("1", "true", "yes", "on"):
         return True
     raise ValueError(f"FLASHSR_KEEP_INPUT_BAND must be 1 or 0, not {value!r}")
+
+
+def quorum_queues() -> bool:
+    """`FLASHSR_QUORUM_QUEUES=1`: on RabbitMQ, declare the gpu and cpu queues as quorum queues
+    (replicated over a cluster, they survive the loss of a node). An existing classic queue of
+    the same name must be deleted first: RabbitMQ refuses to change a queue's type."""
+    return os.environ.get("FLASHSR_QUORUM_QUEUES", "") == "1"
 
 
 def positive_int_env(name: str, default: int) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import errno
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Optional
@@ -73,7 +74,7 @@ def append_locked(root: Path, records: Iterable[dict[str, Any]], sync: bool = Fa
             written = os.write(fd, data)
             if written != len(data):  # a full disk: leave no half line behind
                 os.ftruncate(fd, size)
-                raise OSError(f"could not append to {JOURNAL_NAME} (disk full?)")
+                raise OSError(errno.ENOSPC, f"could not append to {JOURNAL_NAME}: no space left on device")
             size += written
             if sync:
                 os.fsync(fd)

@@ -26,6 +26,7 @@ from flashsr_tasks.audio import (
 )
 from flashsr_tasks.band_keeping import keep_input_band
 from flashsr_tasks.containers import output_is_whole
+from flashsr_tasks.disk_full import RECORD_REASON, is_disk_full
 from flashsr_tasks.enhancers import Enhancer
 from flashsr_tasks.job import ENHANCED, FAILED, SKIPPED, UNSELECTED, Job
 from flashsr_tasks.paths import PathRefused, output_owner, output_path_for, relative_posix, resolve_source
@@ -57,6 +58,8 @@ def process_file(
     record = new_record(source)
     input_sha256: Optional[str] = None
     source_path: Optional[Path] = None
+    output_path: Optional[Path] = None
+    stop: Optional[str] = None
     try:
         source_path = resolve_source(root, source)
         output_dir = Path(job.output_dir) if job.output_dir else None
@@ -117,14 +120,29 @@ def process_file(
     except (AudioError, PathRefused) as exc:
         failed(record, f"{source} {exc}.", _known_input(source_path, input_sha256))
         outcome = FAILED
+    except OSError as exc:
+        if is_disk_full(exc):
+            failed(record, f"{source} {RECORD_REASON}.", _known_input(source_path, input_sha256))
+            stop = str(output_path.parent if output_path is not None else root)
+        else:
+            _failed_unexpectedly(record, source, exc, root, source_path, input_sha256)
+        outcome = FAILED
     except Exception as exc:  # a bug or an environment problem: still one record, never a dead batch
-        log.debug("unexpected failure on %s", source, exc_info=True)
-        failed(record, f"{source} failed unexpectedly ({type(exc).__name__}: {_anonymous(exc, root)}).",
-               _known_input(source_path, input_sha256))
+        _failed_unexpectedly(record, source, exc, root, source_path, input_sha256)
         outcome = FAILED
     record["elapsed_s"] = round(time.perf_counter() - started, 4)
     record["created_at"] = _now()
-    return {"source": source, "outcome": outcome, "record": record}
+    result = {"source": source, "outcome": outcome, "record": record}
+    if stop is not None:
+        result["stop_disk_full"] = stop  # the caller stops the run (flashsr_tasks.disk_full)
+    return result
+
+
+def _failed_unexpectedly(record: dict[str, Any], source: str, exc: Exception, root: Path,
+                         source_path: Optional[Path], input_sha256: Optional[str]) -> None:
+    log.debug("unexpected failure on %s", source, exc_info=True)
+    failed(record, f"{source} failed unexpectedly ({type(exc).__name__}: {_anonymous(exc, root)}).",
+           _known_input(source_path, input_sha256))
 
 
 def _known_input(source_path: Optional[Path], input_sha256: Optional[str]) -> dict[str, Any]:

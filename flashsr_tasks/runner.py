@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from flashsr_tasks.disk_full import DiskFull, is_disk_full
 from flashsr_tasks.job import Job
 from flashsr_tasks.lazy import LazyEnhancer
 from flashsr_tasks.manifest import append_records
@@ -50,17 +51,40 @@ def run_in_process(
     """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
     outcomes already decided (skips) pass straight through to `on_outcome`."""
     journal = _Journal(job.manifest_root)
-    for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add):
-        journal.add(outcomes)
-        if on_outcome:
-            for outcome in outcomes:
-                on_outcome(outcome)
+    produced = _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add_if_room)
+    try:
+        for outcomes in produced:
+            try:
+                journal.add(outcomes)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFull(str(job.manifest_root)) from None
+                raise
+            if on_outcome:
+                for outcome in outcomes:
+                    on_outcome(outcome)
+            full = next((o["stop_disk_full"] for o in outcomes if o.get("stop_disk_full")), None)
+            if full is not None:
+                raise DiskFull(full)  # every later file would fail the same way
+    finally:
+        # Stop the pool now (its processes unwind and remove their temporary files), not whenever
+        # the generator is collected: after this process exits they would be SIGKILLed mid-write.
+        produced.close()
 
 
 class _Journal:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.synced = time.monotonic()
+
+    def add_if_room(self, outcomes: list[Outcome]) -> None:
+        """For records salvaged while the run stops: a full disk must not hide why it stopped
+        (those files are redone by the next run, their outputs being unrecorded)."""
+        try:
+            self.add(outcomes)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
 
     def add(self, outcomes: list[Outcome]) -> None:
         records = [o["record"] for o in outcomes if o["record"] is not None]
@@ -95,9 +119,9 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         for item in todos:
             yield _one(root, item, job, Resampler)
         return
-    with multiprocessing.get_context(_start_method()).Pool(
-        processes, initializer=_init_pool, initargs=(str(root), job.to_dict())
-    ) as pool:
+    context = multiprocessing.get_context(_start_method())
+    stop = context.Event()
+    with context.Pool(processes, initializer=_init_pool, initargs=(str(root), job.to_dict(), stop)) as pool:
         window: collections.deque = collections.deque()
         try:
             for item in in_chunks(todos, _CHUNK):
@@ -111,8 +135,15 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
             while window:
                 yield window.popleft().get()
         except BaseException:
-            # Ctrl-C: chunks that finished behind an unfinished one are records too.
-            salvage([o for r in window if r.ready() and r.successful() for o in r.get()])
+            # Ctrl-C (or a full disk): each process finishes the file it is on, so that none is
+            # cut mid-write (a SIGTERM would leave its temporary file); that bounds the wait. A
+            # second Ctrl-C cuts it short. Chunks that finished behind an unfinished one are records too.
+            stop.set()
+            pool.close()
+            try:
+                pool.join()
+            finally:
+                salvage([o for r in window if r.ready() and r.successful() for o in r.get()])
             raise
 
 
@@ -140,10 +171,17 @@ def _start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _init_pool(root: str, job: dict[str, Any]) -> None:
+def _init_pool(root: str, job: dict[str, Any], stop: Any) -> None:
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent alone handles it, by setting `stop`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     keep_freed_memory()
-    _pool_state.update(root=Path(root), job=Job.from_dict(job))
+    _pool_state.update(root=Path(root), job=Job.from_dict(job), stop=stop)
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)  # multiprocessing prints no traceback for SystemExit
 
 
 def _die_with_parent() -> None:
@@ -159,5 +197,10 @@ def _pool_process(chunk: list[Todo]) -> list[Outcome]:
     from flashsr_tasks.enhancers import Resampler
     from flashsr_tasks.pipeline import process_file
 
-    root, job = _pool_state["root"], _pool_state["job"]
-    return [process_file(root, source, job, Resampler, known_sha256) for source, known_sha256 in chunk]
+    root, job, stop = _pool_state["root"], _pool_state["job"], _pool_state["stop"]
+    outcomes = []
+    for source, known_sha256 in chunk:
+        if stop.is_set():
+            break  # the run is stopping: the rest of the chunk is left for the next run
+        outcomes.append(process_file(root, source, job, Resampler, known_sha256))
+    return outcomes

@@ -38,6 +38,24 @@ def _note_queues(conf: Any = None, options: Optional[dict] = None, **_: Any) -> 
 
 
 @signals.worker_init.connect
+def _apply_cpu_prefetch(sender: Any = None, **_: Any) -> None:
+    """The command line has already filled in the prefetch multiplier from the configuration by
+    the time celeryd_init runs, so that handler's change alone never reaches the worker."""
+    if not _serves_gpu and sender is not None:
+        sender.prefetch_multiplier = config.cpu_prefetch()
+
+
+@signals.worker_ready.connect
+def _hand_back_on_sigterm(sender: Any = None, **_: Any) -> None:
+    """SIGTERM: finish within FLASHSR_SHUTDOWN_GRACE, then hand the rest back (flashsr_tasks.shutdown)."""
+    from flashsr_tasks import shutdown
+
+    worker = getattr(sender, "controller", None)
+    if worker is not None:
+        shutdown.install(worker, config.shutdown_grace_s(), _forks(getattr(worker, "pool_cls", None)))
+
+
+@signals.worker_init.connect
 def _prepare_threads_pool(sender: Any = None, **_: Any) -> None:
     """A gpu worker on the threads pool (the pipelined one: see README) runs its tasks in this
     process, with no fork to wait for: start loading the model now."""
@@ -58,6 +76,9 @@ def _forks(pool_cls: Any) -> bool:
 
 @signals.worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
+    from flashsr_tasks import shutdown
+
+    shutdown.install_in_pool_process()
     if _serves_gpu:
         threading.Thread(target=gpu_enhancer, name="flashsr-model-load", daemon=True).start()
     else:

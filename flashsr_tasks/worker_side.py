@@ -25,7 +25,11 @@ def enhance_one(
             check_root(Path(job.output_dir), what="the job's output folder")
     except PathRefused as exc:
         return failed_outcome(source, f"refused: {exc}")
-    return process_file(root, source, job, enhancer_for, known_sha256)
+    outcome = process_file(root, source, job, enhancer_for, known_sha256)
+    # A full disk stops an in-process run; on a worker its record says it ("no space left on
+    # device") and the absolute folder stays out of the result message.
+    outcome.pop("stop_disk_full", None)
+    return outcome
 
 
 def journal_outcomes(outcomes: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from flashsr_tasks.disk_full import DiskFull
 from orchestrator_hooks.flashsr_extension import FlashSRExtension, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -100,8 +101,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:
-        print("flashsr: interrupted; outputs written so far are complete, no partial file is left", file=sys.stderr)
+        print("flashsr: interrupted; every finished file is kept and recorded; run the same command again "
+              "to resume", file=sys.stderr)
         return 130
+    except DiskFull as exc:
+        if exc.summary is not None:
+            print(exc.summary.line(), file=sys.stderr)
+        print(f"flashsr: stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as exc:  # broker unreachable, invalid manifest…: one sentence, not a traceback
         print(f"flashsr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -64,6 +64,7 @@ class FlashSRExtension:
         self.output_dir = Path(output_dir) if output_dir else None
 
     def run(self, on_outcome: Optional[Callable[[dict[str, Any]], None]] = None) -> RunSummary:
+        from flashsr_tasks.disk_full import DiskFull, is_disk_full
         from flashsr_tasks.manifest import fold
         from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name, sweep_stale_temporaries
         from flashsr_tasks.job import Job
@@ -108,10 +109,19 @@ class FlashSRExtension:
                 from flashsr_tasks.runner import run_in_process
 
                 run_in_process(checked_root, job, work, collect, self.processes)
+        except DiskFull as exc:
+            summary.elapsed_s = round(time.perf_counter() - started, 3)
+            exc.summary = summary
+            raise
         finally:
             bar.close()
             if self.wait or not self.broker:
-                fold(records_root)  # also after Ctrl-C: what finished is in manifest.json at once
+                try:
+                    fold(records_root)  # also after Ctrl-C: what finished is in manifest.json at once
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    # the journal keeps every record; the next run with room folds it
         summary.elapsed_s = round(time.perf_counter() - started, 3)
         return summary
 

@@ -143,3 +143,26 @@ def kill_tree(pid: int) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(victims, timeout=5)
+
+
+@dataclass
+class RabbitVhost:
+    """A vhost of its own on the machine's RabbitMQ (127.0.0.1:5672, guest/guest)."""
+    name: str
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
+
+    def delete(self) -> None:
+        subprocess.run(["rabbitmqctl", "delete_vhost", self.name], capture_output=True, timeout=60)
+
+
+def make_rabbit_vhost() -> RabbitVhost:
+    """Raises RuntimeError (the caller skips, loudly) when rabbitmqctl is absent."""
+    if shutil.which("rabbitmqctl") is None:
+        raise RuntimeError("rabbitmqctl is not installed (apt-get install rabbitmq-server)")
+    vhost = RabbitVhost(name=f"flashsr-test-{os.getpid()}-{free_port()}")
+    for args in (["add_vhost", vhost.name], ["set_permissions", "-p", vhost.name, "guest", ".*", ".*", ".*"]):
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+    return vhost

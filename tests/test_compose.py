@@ -564,3 +564,22 @@ def test_flower_command_runs_natively_behind_basic_auth(full_config, tmp_path, p
     finally:
         processes.stop_all()
         redis.stop()
+
+
+def test_rabbitmq_profile_makes_it_the_broker_with_results_in_redis(default_config, tmp_path):
+    redis_url = f"redis://:{PASSWORD}@redis:6379/0"
+    for name in ("worker-gpu", "worker-cpu"):
+        env = default_config["services"][name]["environment"]
+        assert env["FLASHSR_BROKER_URL"] == redis_url and env["FLASHSR_RESULT_BACKEND"] == redis_url
+    assert "rabbitmq" not in default_config["services"]
+    amqp = "amqp://flashsr:pw@rabbitmq:5672/"
+    config = compose_config(write_env(tmp_path / "rabbit.env", REDIS_PASSWORD=PASSWORD, FLASHSR_BROKER=amqp,
+                                      RABBITMQ_PASSWORD="pw"), "rabbitmq")
+    services = config["services"]
+    for name in ("worker-gpu", "worker-cpu"):
+        env = services[name]["environment"]
+        assert env["FLASHSR_BROKER_URL"] == amqp and env["FLASHSR_RESULT_BACKEND"] == redis_url
+        assert services[name]["stop_grace_period"] in ("30s", 30, "30")  # the 20 s grace, then the hand-back
+    rabbit = services["rabbitmq"]
+    assert "consumer_timeout 2700000" in rabbit["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    assert all(p.get("host_ip") == "127.0.0.1" for p in rabbit["ports"])
