@@ -49,6 +49,25 @@ def cpu_prefetch() -> int:
     return positive_int_env("FLASHSR_CPU_PREFETCH", 4)
 
 
+# Selection's cliff (flashsr_tasks.selection, docs/selection.md): how far everything above a
+# band edge must lie below the kHz under it for a 44.1/48 kHz source to count as band-limited.
+DEFAULT_BAND_DROP_DB = 40.0
+
+
+def band_drop_db() -> float:
+    """FLASHSR_BAND_DROP_DB: lower selects gentler low-passes, at the risk of full-band files."""
+    value = os.environ.get("FLASHSR_BAND_DROP_DB")
+    if not value:
+        return DEFAULT_BAND_DROP_DB
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"FLASHSR_BAND_DROP_DB must be a number of dB, not {value!r}") from None
+    if not 0 < number <= 120:
+        raise ValueError(f"FLASHSR_BAND_DROP_DB must lie between 0 and 120 dB, not {value!r}")
+    return number
+
+
 def positive_int_env(name: str, default: int) -> int:
     """A positive whole number from the environment, `default` when unset; ValueError names the variable."""
     value = os.environ.get(name)

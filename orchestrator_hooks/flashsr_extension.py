@@ -72,7 +72,7 @@ class FlashSRExtension:
         from flashsr_tasks.manifest import fold
         from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name, sweep_stale_temporaries
         from flashsr_tasks.job import Job
-        from flashsr_tasks.planning import known_records, plan
+        from flashsr_tasks.planning import known_full_band, known_records, plan
 
         started = time.perf_counter()
         root, sources = self._root_and_sources(discover_sources, is_output_name)
@@ -104,7 +104,7 @@ class FlashSRExtension:
         if job.output_dir:
             sweep_stale_temporaries(records_root)  # beside the sources, discovery does it on its way
         # Everything below streams: sources are found, judged, sent and collected a few at a time.
-        work = plan(checked_root, counted(sources), job, known_records(records_root))
+        work = plan(checked_root, counted(sources), job, known_records(records_root), known_full_band(records_root))
         try:
             if self.broker:
                 from orchestrator_hooks.dispatch import run_distributed

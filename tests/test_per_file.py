@@ -94,7 +94,11 @@ def test_peaks_stay_inside_full_scale(tmp_path, subtype):
 def test_high_rate_full_band_file_is_left_alone(tmp_path):
     write(tmp_path / "music.wav", music_like(48000, 2.0), 48000)
     outcome = run(tmp_path, "music.wav")
-    assert outcome == {"source": "music.wav", "outcome": UNSELECTED, "record": None}
+    assert (outcome["source"], outcome["outcome"]) == ("music.wav", UNSELECTED)
+    stat = (tmp_path / "music.wav").stat()
+    assert {k: v for k, v in outcome["record"].items() if k != "judged_at"} == {
+        "type": "flashsr_full_band", "source": "music.wav", "band_edge_hz": None, "sample_rate": 48000,
+        "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
     assert not (tmp_path / "music_flashsr.wav").exists()
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from flashsr_tasks.selection import band_limit_hz, selection_reason
+from flashsr_tasks.selection import band_edge_hz, selection_reason
 from tests.signals import music_like, speech_like, stack, telephone
 
 
@@ -15,7 +15,7 @@ def test_low_sample_rates_are_selected(rate):
 @pytest.mark.parametrize("make", [speech_like, music_like], ids=["speech", "music"])
 def test_full_band_content_is_not_selected(rate, make):
     audio = make(rate, 3.0)[:, None]
-    assert band_limit_hz(audio, rate) is None
+    assert band_edge_hz(audio, rate) is None
     assert selection_reason(audio, rate) is None
 
 
@@ -30,7 +30,7 @@ def test_full_band_noise_and_stereo_are_not_selected(rate):
 @pytest.mark.parametrize("band_hz", [3400, 3900])
 def test_telephone_audio_stored_at_a_high_rate_is_selected(rate, band_hz):
     audio = telephone(rate, 3.0, band_hz=band_hz)[:, None]
-    cutoff = band_limit_hz(audio, rate)
+    cutoff = band_edge_hz(audio, rate)
     assert cutoff is not None and 3000 <= cutoff <= 4500
     assert selection_reason(audio, rate) == f"band_limited<{cutoff}Hz"
 
@@ -39,14 +39,14 @@ def test_wideband_speech_at_16k_stored_at_48k_is_selected():
     import soxr
 
     wide = soxr.resample(speech_like(16000, 3.0), 16000, 48000, quality="VHQ")[:, None]
-    cutoff = band_limit_hz(wide, 48000)
+    cutoff = band_edge_hz(wide, 48000)
     assert cutoff is not None and 7000 <= cutoff <= 8500
 
 
 def test_band_limited_content_with_a_noise_floor_is_still_selected():
     """A telephone call stored as PCM_16 at 48 kHz with dither-level noise across the band."""
     audio = telephone(48000, 3.0) + np.random.default_rng(5).standard_normal(144000).astype(np.float32) * 1e-4
-    assert band_limit_hz(audio[:, None], 48000) is not None
+    assert band_edge_hz(audio[:, None], 48000) is not None
 
 
 def test_silence_is_not_selected_but_force_selects_anything():
@@ -60,5 +60,5 @@ def test_silence_is_not_selected_but_force_selects_anything():
 
 
 def test_short_files_are_judged_like_long_ones():
-    assert band_limit_hz(telephone(48000, 0.2)[:, None], 48000) is not None
-    assert band_limit_hz(speech_like(48000, 0.2)[:, None], 48000) is None
+    assert band_edge_hz(telephone(48000, 0.2)[:, None], 48000) is not None
+    assert band_edge_hz(speech_like(48000, 0.2)[:, None], 48000) is None
