@@ -51,7 +51,10 @@ def cpu_prefetch() -> int:
 
 # Selection's cliff (flashsr_tasks.selection, docs/selection.md): how far everything above a
 # band edge must lie below the kHz under it for a 44.1/48 kHz source to count as band-limited.
-DEFAULT_BAND_DROP_DB = 40.0
+# 20 dB: measured (benchmarks/selection_table.py, docs/selection.md), the weakest case that must
+# be taken (speech at 22.05 kHz stored at 44.1 kHz through a 2-pole low-pass) needs 28 dB or less,
+# and no full-band control is taken at any threshold.
+DEFAULT_BAND_DROP_DB = 20.0
 
 
 def band_drop_db() -> float:

@@ -62,3 +62,28 @@ def test_silence_is_not_selected_but_force_selects_anything():
 def test_short_files_are_judged_like_long_ones():
     assert band_edge_hz(telephone(48000, 0.2)[:, None], 48000) is not None
     assert band_edge_hz(speech_like(48000, 0.2)[:, None], 48000) is None
+
+
+def _gently_low_passed_speech() -> np.ndarray:
+    """Speech at 22.05 kHz stored at 44.1 kHz through a 2-pole low-pass at 3400 Hz (sox's
+    `lowpass 3400`, a Butterworth biquad), quiet (peaks near -20 dBFS) in 16-bit samples:
+    about 9 dB down at 4-5 kHz, nothing above 11 kHz but quantisation noise. A 40 dB cliff
+    rule misses it."""
+    import soxr
+    from scipy.signal import butter, sosfilt
+
+    stored = soxr.resample(speech_like(22050, 4.0, seed=5, level=0.03), 22050, 44100, quality="VHQ")
+    filtered = sosfilt(butter(2, 3400, fs=44100, output="sos"), stored)
+    return (np.round(filtered * 32767) / 32767)[:, None]
+
+
+def test_gently_low_passed_speech_is_selected_and_the_threshold_is_a_setting(monkeypatch):
+    audio = _gently_low_passed_speech()
+    edge = band_edge_hz(audio, 44100)
+    assert edge is not None and 9000 <= edge <= 11025
+    assert selection_reason(audio, 44100) == f"band_limited<{edge}Hz"
+    monkeypatch.setenv("FLASHSR_BAND_DROP_DB", "40")  # a stricter rule leaves it alone
+    assert band_edge_hz(audio, 44100) is None
+    monkeypatch.setenv("FLASHSR_BAND_DROP_DB", "loud")
+    with pytest.raises(ValueError, match="FLASHSR_BAND_DROP_DB"):
+        band_edge_hz(audio, 44100)
