@@ -92,7 +92,7 @@ def process_file(
         subtype = output_subtype(src.subtype, output_format)
         if output_dir is not None:
             output_path.parent.mkdir(parents=True, exist_ok=True)  # the source's folder, mirrored
-        write_output(output_path, out, OUTPUT_RATE, subtype)
+        output_sha256 = write_output(output_path, out, OUTPUT_RATE, subtype)
         record.update(
             status="ok",
             reason=reason,
@@ -107,7 +107,7 @@ def process_file(
             output_subtype=subtype,
             gain_db=round(20 * math.log10(gain), 3),
             input_sha256=input_sha256,
-            output_sha256=sha256_of(output_path),
+            output_sha256=output_sha256,
             output_size=output_path.stat().st_size,
             model=enhancer.model,
             device=enhancer.device,
