@@ -36,6 +36,8 @@ _MIN_FILES_FOR_POOL = 4
 # The journal is fsynced at most this often (a killed process loses nothing either way; this
 # bounds what a power cut can take).
 _SYNC_EVERY_S = 1.0
+# Records that come closer together than this are journaled a chunk at a time.
+_HOLD_S = 0.2
 
 _pool_state: dict[str, Any] = {}
 
@@ -50,20 +52,38 @@ def run_in_process(
     """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
     outcomes already decided (skips) pass straight through to `on_outcome`."""
     journal = _Journal(job.manifest_root)
-    for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add):
-        journal.add(outcomes)
-        if on_outcome:
-            for outcome in outcomes:
-                on_outcome(outcome)
+    try:
+        for outcomes in _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add):
+            journal.add(outcomes)
+            if on_outcome:
+                for outcome in outcomes:
+                    on_outcome(outcome)
+    finally:
+        journal.flush()  # Ctrl-C or an error too: what finished is journaled
 
 
 class _Journal:
+    """Appends records a chunk at a time while they come fast: resampling one file after
+    another (one process) would otherwise take the lock and write once per file. Records that
+    come slowly (the model: seconds a file) are appended as they come. At most `_CHUNK` records
+    are held, so a killed run loses no more than one pool chunk's worth."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.synced = time.monotonic()
+        self.held: list[dict[str, Any]] = []
+        self.last_add = 0.0
 
     def add(self, outcomes: list[Outcome]) -> None:
-        records = [o["record"] for o in outcomes if o["record"] is not None]
+        now = time.monotonic()
+        slow = now - self.last_add >= _HOLD_S
+        self.last_add = now
+        self.held.extend(o["record"] for o in outcomes if o["record"] is not None)
+        if slow or len(self.held) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        records, self.held = self.held, []
         if records:
             sync = time.monotonic() - self.synced >= _SYNC_EVERY_S
             append_records(self.root, records, sync=sync)
