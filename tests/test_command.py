@@ -268,3 +268,14 @@ def test_an_unreachable_broker_fails_fast_with_one_sentence(tmp_path):
     assert result.returncode == 3 and time.monotonic() - started < 15  # could not run at all
     assert "cannot reach the broker" in result.stderr and "s3cret" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (root / "manifest.json").exists()
+
+
+def test_the_progress_bar_shows_the_total_once_discovery_is_done(tmp_path, capsys):
+    from orchestrator_hooks import FlashSRExtension
+
+    root = tmp_path / "stage"
+    for i in range(6):
+        write(root / f"call_{i}.wav", speech_like(8000, 0.3, seed=i), 8000)
+    FlashSRExtension(root, device="cpu", progress=True, processes=1).run()
+    shown = capsys.readouterr().err
+    assert "/6 [" in shown and "<" in shown.split("/6 [")[-1]  # the total, then elapsed<left
