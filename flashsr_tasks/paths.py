@@ -104,7 +104,7 @@ def output_owner(source_path: Path) -> Optional[str]:
     mine = _rank(source_path.name)
     rivals = sorted(
         (_rank(candidate), candidate)
-        for suffix in AUDIO_SUFFIXES
+        for suffix in AUDIO_SUFFIXES[:mine[0] + 1]  # a later suffix never ranks first
         for candidate in {stem + suffix, stem + suffix.upper()}
         if _rank(candidate) < mine and output_name_for(candidate) == name
         and _another_file(source_path.parent / candidate, source_path)
