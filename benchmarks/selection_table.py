@@ -22,7 +22,7 @@ from typing import Optional
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flashsr_tasks.selection import band_edge_hz  # noqa: E402
+from flashsr_tasks.selection import CLIFF_BELOW_HZ, band_edge_hz  # noqa: E402
 from tests.signals import music_like, speech_like, write  # noqa: E402
 
 SENTENCE = ("The quick brown fox jumps over the lazy dog. Please call me back about the invoice, "
@@ -88,7 +88,8 @@ def main() -> None:
             for drop in args.drop_db:
                 os.environ["FLASHSR_BAND_DROP_DB"] = str(drop)
                 edge = band_edge_hz(audio, rate)
-                cells.append("full-band" if edge is None else f"{edge} Hz")
+                cells.append("full-band" if edge is None else f"{edge} Hz" if edge < CLIFF_BELOW_HZ
+                             else f"full-band (edge {edge} Hz)")
             strongest = next((d for d in range(80, 0, -1) if _selected_at(audio, rate, d)), None)
             print(f"| {what} | {_wanted(wanted)} | " + " | ".join(cells)
                   + f" | {'never' if strongest is None else f'{strongest} dB'} |")
@@ -96,7 +97,8 @@ def main() -> None:
 
 def _selected_at(audio, rate: int, drop_db: float) -> bool:
     os.environ["FLASHSR_BAND_DROP_DB"] = str(drop_db)
-    return band_edge_hz(audio, rate) is not None
+    edge = band_edge_hz(audio, rate)
+    return edge is not None and edge < CLIFF_BELOW_HZ
 
 
 def _wanted(wanted: Optional[bool]) -> str:

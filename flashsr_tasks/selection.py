@@ -30,16 +30,18 @@ def judge(audio: np.ndarray, rate: int, force: bool = False) -> Judgement:
     if rate < MIN_FULL_BAND_RATE:
         return Judgement(f"sample_rate<{MIN_FULL_BAND_RATE}", None)
     edge = band_edge_hz(audio, rate)
-    if edge is not None:
+    if edge is not None and edge < CLIFF_BELOW_HZ:
         return Judgement(f"band_limited<{edge}Hz", edge)
-    return Judgement("forced" if force else None, None)
+    return Judgement("forced" if force else None, edge)
 
 def selection_reason(audio: np.ndarray, rate: int, force: bool = False) -> Optional[str]:
     """Why a source should be enhanced (the record's `reason`), or None when it is full-band."""
     return judge(audio, rate, force).reason
 
 def band_edge_hz(audio: np.ndarray, rate: int) -> Optional[int]:
-    """The frequency where the long-term spectrum falls off a cliff, if that is below 16 kHz.
+    """The frequency where the long-term spectrum falls off a cliff, or None when its content
+    reaches (nearly) Nyquist. Selection takes a source whose edge is below 16 kHz; above that
+    the edge is only reported (an MP3 encoder's low-pass at 16-19 kHz, an anti-alias filter).
 
     Telephone audio that an earlier stage stored at 44.1/48 kHz keeps its narrow band: the
     spectrum stops dead at 3.4-8 kHz, tens of dB down in one step. Full-band recordings roll
@@ -54,7 +56,7 @@ def band_edge_hz(audio: np.ndarray, rate: int) -> Optional[int]:
     highest_above = np.maximum.accumulate(bands[::-1])[::-1]
     skip = _TRANSITION_HZ // _BAND_HZ
     below_span = 1000 // _BAND_HZ
-    last_edge = min(CLIFF_BELOW_HZ, rate // 2 - _TRANSITION_HZ - _BAND_HZ) // _BAND_HZ
+    last_edge = (rate // 2 - _TRANSITION_HZ - _BAND_HZ) // _BAND_HZ
     for edge in range(below_span, last_edge):
         above = highest_above[edge + skip] if edge + skip < len(bands) else -np.inf
         below = bands[edge - below_span:edge].mean()

@@ -87,3 +87,16 @@ def test_gently_low_passed_speech_is_selected_and_the_threshold_is_a_setting(mon
     monkeypatch.setenv("FLASHSR_BAND_DROP_DB", "loud")
     with pytest.raises(ValueError, match="FLASHSR_BAND_DROP_DB"):
         band_edge_hz(audio, 44100)
+
+
+def test_an_edge_above_16k_is_measured_and_left_alone():
+    """An encoder's low-pass at 17 kHz: reported as the band edge, not selected."""
+    from flashsr_tasks.selection import judge
+
+    music = music_like(48000, 3.0)
+    spectrum = np.fft.rfft(music)
+    spectrum[int(17000 * len(music) / 48000):] = 0
+    audio = np.fft.irfft(spectrum, n=len(music))[:, None].astype(np.float32)
+    reason, edge = judge(audio, 48000)
+    assert reason is None and 16500 <= edge <= 17250
+    assert judge(audio, 48000, force=True) == ("forced", edge)
