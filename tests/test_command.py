@@ -45,6 +45,7 @@ def test_a_folder_is_enhanced_and_recorded(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["files"], summary["enhanced"], summary["unselected"], summary["failed"]) == (6, 4, 2, 0)
+    assert sorted(summary["full_band"]) == ["music_48k.wav", "speech_44k.wav"]
     assert "4 enhanced" in result.stderr and "Traceback" not in result.stderr
     data = manifest(root)
     assert data["stage"] == "diarize" and data["speakers"] == {"call_0001.wav": 2}
