@@ -92,3 +92,23 @@ def test_force_and_overwrite_judge_full_band_files_again(tmp_path):
     assert forced.enhanced == 1
     data = manifest(root)
     assert data["enhancements"][0]["reason"] == "forced" and data.get("full_band") == []
+
+
+def test_the_fold_moves_a_source_between_the_lists_in_either_order(tmp_path):
+    """The last journaled line of a source decides its list, wherever the lists lie in the file."""
+    from flashsr_tasks.full_band import new_entry
+    from flashsr_tasks.manifest import append_records, fold
+
+    entry = new_entry("a.wav", 48000, None, 10, 20, "2026-01-01T00:00:00Z")
+    record = {"type": "flashsr", "source": "b.wav", "status": "ok"}
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"full_band": [entry], "stage": "x", "enhancements": [record, {"type": "denoise", "source": "a.wav"}]}))
+    append_records(tmp_path, [{"type": "flashsr", "source": "a.wav", "status": "ok"},
+                              new_entry("b.wav", 44100, 17000, 30, 40, "2026-01-02T00:00:00Z")])
+    fold(tmp_path)
+    data = manifest(tmp_path)
+    assert data["stage"] == "x" and list(data) == ["full_band", "stage", "enhancements"]
+    assert [e["source"] for e in data["full_band"]] == ["b.wav"] and data["full_band"][0]["band_edge_hz"] == 17000
+    assert data["enhancements"] == [{"type": "denoise", "source": "a.wav"}, {"type": "flashsr", "source": "a.wav", "status": "ok"}]
+    fold(tmp_path)  # idempotent
+    assert manifest(tmp_path) == data
