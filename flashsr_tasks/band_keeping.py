@@ -6,7 +6,7 @@ source resampled to 48 kHz (the resample path's own result: linear phase, delay-
 so time-aligned with the model's output) below the crossover, and the model's output above it.
 
 Where: the band edge is measured on the resampled source with the selection's cliff detector
-(`selection.band_limit_hz`: the point below which the input is at full level), or, when it
+(`selection.band_edge_hz`: the point below which the input is at full level), or, when it
 finds no cliff, 90 % of the source's Nyquist (a resampler's pass band ends there or above).
 The crossover (flashsr_tasks.crossover) hands over in the `CROSSOVER_HZ` just below that
 edge, where the input still has its full level, so a model that fills the band above the edge
@@ -18,7 +18,7 @@ import numpy as np
 
 from flashsr_tasks.crossover import join_bands
 from flashsr_tasks.resample import OUTPUT_RATE, to_output_rate
-from flashsr_tasks.selection import band_limit_hz
+from flashsr_tasks.selection import band_edge_hz
 
 CROSSOVER_HZ = 500
 _NO_CLIFF_FRACTION = 0.9
@@ -26,7 +26,7 @@ _NO_CLIFF_FRACTION = 0.9
 
 def input_band_edge_hz(resampled: np.ndarray, rate: int) -> int:
     """The frequency up to which a source at `rate`, already resampled to 48 kHz, has its content."""
-    measured = band_limit_hz(resampled, OUTPUT_RATE)
+    measured = band_edge_hz(resampled, OUTPUT_RATE)
     if measured is not None:
         return int(measured)
     return int(_NO_CLIFF_FRACTION * min(rate, OUTPUT_RATE) / 2)

@@ -89,6 +89,28 @@ def quorum_queues() -> bool:
     return os.environ.get("FLASHSR_QUORUM_QUEUES", "") == "1"
 
 
+# Selection's cliff (flashsr_tasks.selection, docs/selection.md): how far everything above a
+# band edge must lie below the kHz under it for a 44.1/48 kHz source to count as band-limited.
+# 20 dB: measured (benchmarks/selection_table.py, docs/selection.md), the weakest case that must
+# be taken (speech at 22.05 kHz stored at 44.1 kHz through a 2-pole low-pass) needs 28 dB or less,
+# and no full-band control is taken at any threshold.
+DEFAULT_BAND_DROP_DB = 20.0
+
+
+def band_drop_db() -> float:
+    """FLASHSR_BAND_DROP_DB: lower selects gentler low-passes, at the risk of full-band files."""
+    value = os.environ.get("FLASHSR_BAND_DROP_DB")
+    if not value:
+        return DEFAULT_BAND_DROP_DB
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"FLASHSR_BAND_DROP_DB must be a number of dB, not {value!r}") from None
+    if not 0 < number <= 120:
+        raise ValueError(f"FLASHSR_BAND_DROP_DB must lie between 0 and 120 dB, not {value!r}")
+    return number
+
+
 def positive_int_env(name: str, default: int) -> int:
     """A positive whole number from the environment, `default` when unset; ValueError names the variable."""
     value = os.environ.get(name)

@@ -43,6 +43,11 @@ def wants_model(device: str, model_dir: Optional[str]) -> bool:
     return device.startswith("cuda") or bool(model_dir)
 
 
+# The README's working install of the model stack ("The GPU stack"); tests check they agree.
+MODEL_INSTALL = ("pip install torch==2.13.0 && pip install --no-deps polflashsr==0.0.2 && "
+                 "pip install -e '.[model]'")
+MODEL_INSTALL_HINT = f"install the model stack from the repository's folder: {MODEL_INSTALL}"
+
 _fallback_warned = False
 
 
@@ -54,8 +59,7 @@ def load_enhancer(device: str = "cuda", model_dir: Optional[str] = None) -> Enha
     try:
         from flashsr_tasks.model import ModelUnavailable, load_flashsr
     except ImportError as exc:  # torch or the FlashSR library is not installed
-        reason = (f"the FlashSR model needs the 'model' extra (pip install --no-deps polflashsr==0.0.2 && "
-                  f"pip install 'flashsr[model]'): {exc}")
+        reason = f"the FlashSR model is not installed ({exc}): {MODEL_INSTALL_HINT}"
     else:
         try:
             return load_flashsr(device=device, model_dir=model_dir)

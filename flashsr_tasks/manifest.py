@@ -8,7 +8,9 @@ geometrically, so the bytes a run writes stay within a small multiple of the fin
 
 Every writer holds the same lock file, so concurrent runs on one root serialise; manifest.json
 is replaced atomically, so a reader never sees half-written JSON; other keys and other stages'
-records are kept as they are.
+records are kept as they are. Full-band judgements (flashsr_tasks.full_band) travel the same
+way into manifest.json's own `"full_band"` list: a source's last journaled line, record or
+entry, decides which of the two lists holds it.
 
 manifest.json is written one record per line (`_Writer`). That layout is read back as a stream
 (`_events`), so folding a journal into a manifest of a million records holds neither of them
@@ -25,6 +27,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from flashsr_tasks import journal
 from flashsr_tasks.atomic import atomic_path
+from flashsr_tasks.full_band import FULL_BAND_KEY, is_entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,23 +88,32 @@ def records_by_source(root: Path, pick: Callable[[dict[str, Any]], Optional[T]])
     """`pick(record)` for this stage's records as a reader sees them (manifest.json, then the
     journal on top), keyed by source; records that `pick` maps to None are left out. Streams
     manifest.json, so a run holds `pick`'s small values, not the records."""
+    return _by_source(root, RECORDS_KEY, _is_ours, pick)
 
-    def collect(events: Iterator[tuple[str, str, Any]]) -> dict[str, T]:
-        picked: dict[str, T] = {}
-        for kind, key, value in events:
-            if kind == "item" and key == RECORDS_KEY:
-                _pick_into(picked, value.value if isinstance(value, _Raw) else value, pick)
+
+def full_band_by_source(root: Path, pick: Callable[[dict[str, Any]], Optional[T]]) -> dict[str, T]:
+    """As `records_by_source`, for the entries of the `"full_band"` list."""
+    return _by_source(root, FULL_BAND_KEY, is_entry, pick)
+
+
+def _by_source(root: Path, key: str, wanted: Callable[[Any], bool], pick: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    def collect(events: Iterator[tuple[str, str, Any]]) -> dict[str, Any]:
+        picked: dict[str, Any] = {}
+        for kind, list_key, value in events:
+            if kind == "item" and list_key == key:
+                _pick_into(picked, value.value if isinstance(value, _Raw) else value, wanted, pick)
         return picked
 
     picked = _restartable(manifest_path(root), collect)
-    for _, record in journal.replay(root):
-        picked.pop(record["source"], None)
-        _pick_into(picked, record, pick)
+    for _, line in journal.replay(root):
+        picked.pop(line["source"], None)  # the last judgement wins, whichever list it belongs to
+        _pick_into(picked, line, wanted, pick)
     return picked
 
 
-def _pick_into(picked: dict[str, Any], record: Any, pick: Callable[[dict[str, Any]], Any]) -> None:
-    if _is_ours(record) and isinstance(record.get("source"), str):
+def _pick_into(picked: dict[str, Any], record: Any, wanted: Callable[[Any], bool],
+               pick: Callable[[dict[str, Any]], Any]) -> None:
+    if wanted(record) and isinstance(record.get("source"), str):
         value = pick(record)
         if value is not None:
             picked[record["source"]] = value
@@ -110,9 +122,10 @@ def _pick_into(picked: dict[str, Any], record: Any, pick: Callable[[dict[str, An
 # ------------------------------------------------------------------------------- folding
 
 def _fold_locked(root: Path) -> int:
-    latest: dict[str, int] = {}  # source → offset of its last journal line: ~150 bytes a record
+    # source → its last journal line, encoded by _line_ref: ~150 bytes a record; None once written
+    latest: dict[str, Optional[int]] = {}
     for offset, record in journal.replay(root):
-        latest[record["source"]] = offset
+        latest[record["source"]] = _line_ref(offset, is_entry(record))
     path = journal.journal_path(root)
     if not latest:
         _remove(path)  # empty, or only a torn line
@@ -132,55 +145,75 @@ def _fold_locked(root: Path) -> int:
     return count
 
 
-def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: dict[str, int], lines: IO[bytes]) -> None:
+def _line_ref(offset: int, full_band: bool) -> int:
+    """A journal line's offset with its list in the sign (an int, not a tuple: the fold's index
+    holds one per journaled source)."""
+    return -offset - 1 if full_band else offset
+
+
+def _ref_offset(ref: int) -> int:
+    return -ref - 1 if ref < 0 else ref
+
+
+def _write_folded(out: IO[str], events: Iterator[tuple[str, str, Any]], latest: dict[str, Optional[int]],
+                  lines: IO[bytes]) -> None:
     """Copy the manifest's events to `out` with journaled records in place of their source's
-    record, and the remaining ones (new sources, sorted) at the end of the records list."""
+    record and journaled full-band entries in place of their source's entry; the remaining
+    ones (new sources, sorted) go at the end of their list. A source whose last journal line
+    belongs to the other list leaves this one."""
     out.seek(0)
     out.truncate()
     writer = _Writer(out)
-    in_records = saw_records = False
-    replaced: set[str] = set()  # a source listed twice keeps one record: the journaled one
+    lists = {RECORDS_KEY: (_is_ours, False), FULL_BAND_KEY: (is_entry, True)}
+    current: Optional[str] = None
+    seen: set[str] = set()
     for kind, key, value in events:
         if kind == "list_start":
-            in_records = key == RECORDS_KEY
-            saw_records = saw_records or in_records
+            current = key if key in lists else None
+            seen.add(key)
             writer.list_start(key)
         elif kind == "item":
-            if in_records:
-                record = value.value if isinstance(value, _Raw) else value
-                source = record.get("source") if _is_ours(record) else None
-                if isinstance(source, str) and source in replaced:
-                    continue
-                offset = latest.pop(source, None) if isinstance(source, str) else None
-                if offset is not None:
-                    value = journal.read_line(lines, offset)
-                    replaced.add(source)
+            if current is not None:
+                ours, full_band = lists[current]
+                item = value.value if isinstance(value, _Raw) else value
+                source = item.get("source") if ours(item) else None
+                if isinstance(source, str) and source in latest:
+                    ref = latest[source]
+                    if ref is None or (ref < 0) != full_band:
+                        continue  # already written (a source listed twice), or it moved to the other list
+                    value = journal.read_line(lines, _ref_offset(ref))
+                    latest[source] = None
             writer.item(value)
         elif kind == "list_end":
-            if in_records:
-                _write_new(writer, latest, lines)
-            in_records = False
+            if current is not None:
+                _write_new(writer, latest, lines, lists[current][1])
+            current = None
             writer.list_end()
-        elif key == RECORDS_KEY:  # an empty list (or not a list at all)
+        elif key in lists:  # an empty list (or not a list at all)
             if (value.value if isinstance(value, _Raw) else value) != []:
-                raise ManifestError(f"'{RECORDS_KEY}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
-            saw_records = True
+                raise ManifestError(f"'{key}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
+            seen.add(key)
             writer.list_start(key)
-            _write_new(writer, latest, lines)
+            _write_new(writer, latest, lines, lists[key][1])
             writer.list_end()
         else:
             writer.value(key, value)
-    if not saw_records:
-        writer.list_start(RECORDS_KEY)
-        _write_new(writer, latest, lines)
-        writer.list_end()
+    for key, (_, full_band) in lists.items():
+        if key not in seen and (key == RECORDS_KEY or _has_new(latest, full_band)):
+            writer.list_start(key)
+            _write_new(writer, latest, lines, full_band)
+            writer.list_end()
     writer.close()
 
 
-def _write_new(writer: "_Writer", latest: dict[str, int], lines: IO[bytes]) -> None:
-    for source in sorted(latest):
-        writer.item(journal.read_line(lines, latest[source]))
-    latest.clear()
+def _has_new(latest: dict[str, Optional[int]], full_band: bool) -> bool:
+    return any(ref is not None and (ref < 0) == full_band for ref in latest.values())
+
+
+def _write_new(writer: "_Writer", latest: dict[str, Optional[int]], lines: IO[bytes], full_band: bool) -> None:
+    for source in sorted(s for s, ref in latest.items() if ref is not None and (ref < 0) == full_band):
+        writer.item(journal.read_line(lines, _ref_offset(latest[source])))
+        latest[source] = None
 
 
 def _is_ours(record: Any) -> bool:
@@ -335,8 +368,9 @@ def _parse_whole(text: str) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise ManifestError(f"{MANIFEST_NAME} does not hold a JSON object; fix or move it, nothing was overwritten")
-    if not isinstance(data.get(RECORDS_KEY, []), list):
-        raise ManifestError(f"'{RECORDS_KEY}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
+    for key in (RECORDS_KEY, FULL_BAND_KEY):
+        if not isinstance(data.get(key, []), list):
+            raise ManifestError(f"'{key}' in {MANIFEST_NAME} is not a list; fix or move it, nothing was overwritten")
     return data
 
 

@@ -43,6 +43,7 @@ from torch.overrides import TorchFunctionMode
 from flashsr_tasks.atomic import atomic_path
 from flashsr_tasks.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.config import positive_int_env
+from flashsr_tasks.enhancers import MODEL_INSTALL_HINT
 from flashsr_tasks.lowpass import lowpass_rows
 from flashsr_tasks.resample import OUTPUT_RATE
 from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, Weights, locate_weights
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SEED = 0  # every window's noise: what a lone window draws right after torch.manual_seed(SEED)
-_INSTALL_HINT = "install the 'model' extra (pip install --no-deps polflashsr==0.0.2 && pip install 'flashsr[model]')"
 _torch_load_lock = threading.Lock()
 
 
@@ -145,7 +145,7 @@ def _import_library() -> tuple[type, Optional[Callable[[torch.Tensor], torch.Ten
         with _quiet_library():
             from FlashSR.FlashSR import FlashSR
     except ImportError as exc:
-        raise ModelUnavailable(f"the FlashSR library cannot be imported ({exc}): {_INSTALL_HINT}") from None
+        raise ModelUnavailable(f"the FlashSR library cannot be imported ({exc}): {MODEL_INSTALL_HINT}") from None
     try:
         with _quiet_library():
             from FlashSR.Util.UtilAudioLowPassFilter import UtilAudioLowPassFilter

@@ -23,6 +23,7 @@ AUDIO_SUFFIXES = (
     ".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".aifc",
     ".au", ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist",
 )
+_SUFFIX_RANK = {suffix: rank for rank, suffix in enumerate(AUDIO_SUFFIXES)}
 
 
 class PathRefused(Exception):
@@ -103,7 +104,7 @@ def output_owner(source_path: Path) -> Optional[str]:
     mine = _rank(source_path.name)
     rivals = sorted(
         (_rank(candidate), candidate)
-        for suffix in AUDIO_SUFFIXES
+        for suffix in AUDIO_SUFFIXES[:mine[0] + 1]  # a later suffix never ranks first
         for candidate in {stem + suffix, stem + suffix.upper()}
         if _rank(candidate) < mine and output_name_for(candidate) == name
         and _another_file(source_path.parent / candidate, source_path)
@@ -112,8 +113,8 @@ def output_owner(source_path: Path) -> Optional[str]:
 
 
 def _rank(name: str) -> tuple[int, str]:
-    suffix = PurePosixPath(name).suffix.lower()
-    return (AUDIO_SUFFIXES.index(suffix) if suffix in AUDIO_SUFFIXES else len(AUDIO_SUFFIXES), name)
+    # string functions and a table: this runs for every candidate of every file
+    return (_SUFFIX_RANK.get(os.path.splitext(name)[1].lower(), len(AUDIO_SUFFIXES)), name)
 
 
 def _another_file(candidate: Path, source_path: Path) -> bool:

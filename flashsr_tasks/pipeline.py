@@ -32,7 +32,8 @@ from flashsr_tasks.job import ENHANCED, FAILED, SKIPPED, UNSELECTED, Job
 from flashsr_tasks.paths import PathRefused, output_owner, output_path_for, relative_posix, resolve_source
 from flashsr_tasks.records import failed, new_record
 from flashsr_tasks.resample import OUTPUT_RATE
-from flashsr_tasks.selection import selection_reason
+from flashsr_tasks.full_band import new_entry
+from flashsr_tasks.selection import judge
 
 __all__ = ["ENHANCED", "FAILED", "SKIPPED", "UNSELECTED", "Job", "failed_outcome", "process_file"]
 
@@ -80,9 +81,10 @@ def process_file(
         if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}
         src = read_source(source_path)
-        reason = selection_reason(src.audio, src.rate, force=job.force)
-        if reason is None:
-            return {"source": source, "outcome": UNSELECTED, "record": None}
+        reason, band_edge = judge(src.audio, src.rate, force=job.force)
+        if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
+            entry = new_entry(source, src.rate, band_edge, stat.st_size, stat.st_mtime_ns, _now())
+            return {"source": source, "outcome": UNSELECTED, "record": entry}
         enhancer = enhancer_for()
         record["method"] = enhancer.method
         out = enhancer.enhance(src.audio, src.rate)
@@ -97,10 +99,11 @@ def process_file(
         subtype = output_subtype(src.subtype, output_format)
         if output_dir is not None:
             output_path.parent.mkdir(parents=True, exist_ok=True)  # the source's folder, mirrored
-        write_output(output_path, out, OUTPUT_RATE, subtype)
+        output_sha256 = write_output(output_path, out, OUTPUT_RATE, subtype)
         record.update(
             status="ok",
             reason=reason,
+            band_edge_hz=band_edge,
             input_format=src.format,
             output_format=output_format,
             input_sample_rate=src.rate,
@@ -111,7 +114,7 @@ def process_file(
             output_subtype=subtype,
             gain_db=round(20 * math.log10(gain), 3),
             input_sha256=input_sha256,
-            output_sha256=sha256_of(output_path),
+            output_sha256=output_sha256,
             output_size=output_path.stat().st_size,
             model=enhancer.model,
             device=enhancer.device,
@@ -119,6 +122,10 @@ def process_file(
         outcome = ENHANCED
     except (AudioError, PathRefused) as exc:
         failed(record, f"{source} {exc}.", _known_input(source_path, input_sha256))
+        outcome = FAILED
+    except PermissionError:
+        failed(record, f"{source} cannot be read: permission denied (check the file's owner and mode).",
+               _known_input(source_path, input_sha256))
         outcome = FAILED
     except OSError as exc:
         if is_disk_full(exc):

@@ -3,7 +3,8 @@
 An ok record remembers its source's size and modification time. When both still match and
 the output is whole, the file is skipped here, in the orchestrator or the runner: no hash, no
 task. Otherwise the file gets a task, with the record's input hash when there is one, so the
-per-file work can still skip a file that was only touched (same content, new time).
+per-file work can still skip a file that was only touched (same content, new time). A source
+judged full-band is skipped the same way while its size and time match its full-band entry.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Optional, Union
 
 from flashsr_tasks.containers import output_is_whole
-from flashsr_tasks.job import SKIPPED, Job
-from flashsr_tasks.manifest import records_by_source
+from flashsr_tasks.job import SKIPPED, UNSELECTED, Job
+from flashsr_tasks.manifest import full_band_by_source, records_by_source
 from flashsr_tasks.paths import PathRefused, output_path_for
 
 
@@ -24,6 +25,13 @@ class Known(NamedTuple):
     size: Optional[int]
     mtime_ns: Optional[int]
     output_size: Optional[int]
+
+
+class KnownFullBand(NamedTuple):
+    """What a re-run needs of a source's full-band entry."""
+
+    size: int
+    mtime_ns: int
 
 
 class Todo(NamedTuple):
@@ -38,6 +46,16 @@ def known_records(root: Path) -> dict[str, Known]:
     return records_by_source(root, _known)
 
 
+def known_full_band(root: Path) -> dict[str, KnownFullBand]:
+    """The root's full-band entries (manifest.json and journal), by source."""
+    return full_band_by_source(root, _known_full_band)
+
+
+def _known_full_band(entry: dict[str, Any]) -> Optional[KnownFullBand]:
+    size, mtime_ns = entry.get("source_size"), entry.get("source_mtime_ns")
+    return KnownFullBand(size, mtime_ns) if isinstance(size, int) and isinstance(mtime_ns, int) else None
+
+
 def _known(record: dict[str, Any]) -> Optional[Known]:
     if record.get("status") != "ok" or not isinstance(record.get("input_sha256"), str):
         return None
@@ -45,12 +63,19 @@ def _known(record: dict[str, Any]) -> Optional[Known]:
                  record.get("output_size"))
 
 
-def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known]) -> Iterator[Union[Todo, dict[str, Any]]]:
-    """For each source, a skipped outcome (decided here) or a Todo. Entries of `known` are
-    dropped as their sources go by, so the table shrinks as the run goes on."""
+def plan(root: Path, sources: Iterable[str], job: Job, known: dict[str, Known],
+         full_band: Optional[dict[str, KnownFullBand]] = None) -> Iterator[Union[Todo, dict[str, Any]]]:
+    """For each source, a skipped or full-band outcome (decided here) or a Todo. Entries of
+    `known` and `full_band` are dropped as their sources go by, so the tables shrink as the run
+    goes on. A full-band entry is not trusted with --force (the file must be enhanced) or
+    --overwrite (judged again, say under a new FLASHSR_BAND_DROP_DB)."""
+    full_band = {} if full_band is None else full_band
     for source in sources:
         entry = known.pop(source, None)
-        if entry is None or job.overwrite:
+        judged = full_band.pop(source, None)
+        if judged is not None and not (job.force or job.overwrite) and _same_file(root, source, judged):
+            yield {"source": source, "outcome": UNSELECTED, "record": None}
+        elif entry is None or job.overwrite:
             yield Todo(source, None)
         elif _unchanged(root, source, entry, job):
             yield {"source": source, "outcome": SKIPPED, "record": None}
@@ -72,6 +97,14 @@ def in_chunks(work: Iterable[Union[Todo, dict[str, Any]]], size: int) -> Iterato
             chunk = []
     if chunk:
         yield chunk
+
+
+def _same_file(root: Path, source: str, judged: KnownFullBand) -> bool:
+    try:
+        stat = os.stat(os.path.join(root, source))
+    except OSError:
+        return False
+    return stat.st_size == judged.size and stat.st_mtime_ns == judged.mtime_ns
 
 
 def _unchanged(root: Path, source: str, entry: Known, job: Job) -> bool:

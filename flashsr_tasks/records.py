@@ -13,7 +13,7 @@ from flashsr_tasks.manifest import RECORD_TYPE
 from flashsr_tasks.paths import output_relative_for
 
 RECORD_KEYS = (
-    "type", "source", "status", "error", "method", "reason",
+    "type", "source", "status", "error", "method", "reason", "band_edge_hz",
     "output_name", "output_path", "input_format", "output_format",
     "input_sample_rate", "output_sample_rate", "channels", "duration_s",
     "input_subtype", "output_subtype", "gain_db",

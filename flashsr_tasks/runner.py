@@ -37,6 +37,8 @@ _MIN_FILES_FOR_POOL = 4
 # The journal is fsynced at most this often (a killed process loses nothing either way; this
 # bounds what a power cut can take).
 _SYNC_EVERY_S = 1.0
+# Records that come closer together than this are journaled a chunk at a time.
+_HOLD_S = 0.2
 
 _pool_state: dict[str, Any] = {}
 
@@ -70,24 +72,44 @@ def run_in_process(
         # Stop the pool now (its processes unwind and remove their temporary files), not whenever
         # the generator is collected: after this process exits they would be SIGKILLed mid-write.
         produced.close()
+        journal.flush_if_room()  # Ctrl-C or an error too: what finished is journaled
 
 
 class _Journal:
+    """Appends records a chunk at a time while they come fast: resampling one file after
+    another (one process) would otherwise take the lock and write once per file. Records that
+    come slowly (the model: seconds a file) are appended as they come. At most `_CHUNK` records
+    are held, so a killed run loses no more than one pool chunk's worth."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.synced = time.monotonic()
+        self.held: list[dict[str, Any]] = []
+        self.last_add = 0.0
 
     def add_if_room(self, outcomes: list[Outcome]) -> None:
         """For records salvaged while the run stops: a full disk must not hide why it stopped
         (those files are redone by the next run, their outputs being unrecorded)."""
+        self.held.extend(o["record"] for o in outcomes if o["record"] is not None)
+        self.flush_if_room()
+
+    def flush_if_room(self) -> None:
         try:
-            self.add(outcomes)
+            self.flush()
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
 
     def add(self, outcomes: list[Outcome]) -> None:
-        records = [o["record"] for o in outcomes if o["record"] is not None]
+        now = time.monotonic()
+        slow = now - self.last_add >= _HOLD_S
+        self.last_add = now
+        self.held.extend(o["record"] for o in outcomes if o["record"] is not None)
+        if slow or len(self.held) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        records, self.held = self.held, []
         if records:
             sync = time.monotonic() - self.synced >= _SYNC_EVERY_S
             append_records(self.root, records, sync=sync)

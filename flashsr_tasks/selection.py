@@ -1,9 +1,11 @@
 """Which sources are worth enhancing: low sample rates, and band-limited content at high rates."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
+
+from flashsr_tasks import config
 
 MIN_FULL_BAND_RATE = 32000
 CLIFF_BELOW_HZ = 16000
@@ -11,23 +13,35 @@ CLIFF_BELOW_HZ = 16000
 _SEGMENT = 4096        # FFT length of the long-term spectrum (~12 Hz bins at 48 kHz)
 _MAX_SEGMENTS = 256    # enough to average a long file; spread over its whole length
 _BAND_HZ = 250         # the spectrum is judged in bands this wide
-_DROP_DB = 40.0        # a cliff: everything above is this far below the band just under it…
-_FLOOR_DB = 50.0       # …and this far below the loudest band
+# A cliff: everything above the edge is config.band_drop_db() below the kHz just under it,
+# and _FLOOR_DB below the loudest band.
+_FLOOR_DB = 50.0
 _TRANSITION_HZ = 500   # room for an anti-alias filter's slope between pass band and stop band
 
+class Judgement(NamedTuple):
+    """What selection decided for one source: `reason` (the record's, None: full-band, left
+    alone) and `band_edge_hz` (the measured edge; None below 32 kHz, or when none was found)."""
+
+    reason: Optional[str]
+    band_edge_hz: Optional[int]
+
+def judge(audio: np.ndarray, rate: int, force: bool = False) -> Judgement:
+    """Whether a source should be enhanced and why, with the band edge that was measured."""
+    if rate < MIN_FULL_BAND_RATE:
+        return Judgement(f"sample_rate<{MIN_FULL_BAND_RATE}", None)
+    edge = band_edge_hz(audio, rate)
+    if edge is not None and edge < CLIFF_BELOW_HZ:
+        return Judgement(f"band_limited<{edge}Hz", edge)
+    return Judgement("forced" if force else None, edge)
 
 def selection_reason(audio: np.ndarray, rate: int, force: bool = False) -> Optional[str]:
     """Why a source should be enhanced (the record's `reason`), or None when it is full-band."""
-    if rate < MIN_FULL_BAND_RATE:
-        return f"sample_rate<{MIN_FULL_BAND_RATE}"
-    cutoff = band_limit_hz(audio, rate)
-    if cutoff is not None:
-        return f"band_limited<{cutoff}Hz"
-    return "forced" if force else None
+    return judge(audio, rate, force).reason
 
-
-def band_limit_hz(audio: np.ndarray, rate: int) -> Optional[int]:
-    """The frequency where the long-term spectrum falls off a cliff, if that is below 16 kHz.
+def band_edge_hz(audio: np.ndarray, rate: int) -> Optional[int]:
+    """The frequency where the long-term spectrum falls off a cliff, or None when its content
+    reaches (nearly) Nyquist. Selection takes a source whose edge is below 16 kHz; above that
+    the edge is only reported (an MP3 encoder's low-pass at 16-19 kHz, an anti-alias filter).
 
     Telephone audio that an earlier stage stored at 44.1/48 kHz keeps its narrow band: the
     spectrum stops dead at 3.4-8 kHz, tens of dB down in one step. Full-band recordings roll
@@ -36,19 +50,19 @@ def band_limit_hz(audio: np.ndarray, rate: int) -> Optional[int]:
     bands = _band_levels_db(audio, rate)
     if bands is None:
         return None
+    drop_db = config.band_drop_db()
     loudest = bands.max()
     # highest_above[k] = the loudest band from k upwards
     highest_above = np.maximum.accumulate(bands[::-1])[::-1]
     skip = _TRANSITION_HZ // _BAND_HZ
     below_span = 1000 // _BAND_HZ
-    last_edge = min(CLIFF_BELOW_HZ, rate // 2 - _TRANSITION_HZ - _BAND_HZ) // _BAND_HZ
+    last_edge = (rate // 2 - _TRANSITION_HZ - _BAND_HZ) // _BAND_HZ
     for edge in range(below_span, last_edge):
         above = highest_above[edge + skip] if edge + skip < len(bands) else -np.inf
         below = bands[edge - below_span:edge].mean()
-        if below - above >= _DROP_DB and loudest - above >= _FLOOR_DB:
+        if below - above >= drop_db and loudest - above >= _FLOOR_DB:
             return edge * _BAND_HZ
     return None
-
 
 def _band_levels_db(audio: np.ndarray, rate: int) -> Optional[np.ndarray]:
     """Long-term power per `_BAND_HZ` band in dB (Welch average of Hann-windowed segments)."""

@@ -12,6 +12,7 @@ worker never loads the model, nor torch, nor even numpy until its first task.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import Any, Optional
 
@@ -24,6 +25,7 @@ from flashsr_tasks.lazy import LazyEnhancer
 log = logging.getLogger(__name__)
 
 _serves_gpu = False
+_queues: list[str] = []  # as given with -Q, for the "ready" line
 
 
 @signals.celeryd_init.connect
@@ -33,6 +35,7 @@ def _note_queues(conf: Any = None, options: Optional[dict] = None, **_: Any) -> 
     if isinstance(queues, str):
         queues = queues.split(",")
     _serves_gpu = GPU_QUEUE in queues
+    _queues[:] = list(queues)
     if not _serves_gpu and conf is not None:
         conf.worker_prefetch_multiplier = config.cpu_prefetch()
 
@@ -98,6 +101,16 @@ def _warn_if_redis_evicts(sender: Any = None, **_: Any) -> None:
         return
     if policy and policy != "noeviction":
         log.warning("Redis maxmemory-policy is %r; set it to 'noeviction' or queued tasks can be lost", policy)
+
+
+@signals.worker_ready.connect
+def _say_ready(sender: Any = None, **_: Any) -> None:
+    """One line a user sees at Celery's default log level (warnings only): the worker takes tasks.
+    Written to the real stderr, as Celery turns print() into WARNING log lines."""
+    queues = ", ".join(_queues) or "default"
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"flashsr: worker ready: taking tasks from queue {queues}\n")
+    stream.flush()
 
 
 def _load_gpu_model() -> Any:

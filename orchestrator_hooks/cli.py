@@ -8,9 +8,8 @@ import sys
 from typing import Optional, Sequence
 
 from flashsr_tasks.disk_full import DiskFull
+from orchestrator_hooks import exit_status
 from orchestrator_hooks.flashsr_extension import FlashSRExtension, UsageError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 DESCRIPTION = """\
 Upgrade narrow-band audio to 48 kHz and record every result in manifest.json.
@@ -19,7 +18,7 @@ Every audio file under --input (searched recursively) is checked: files below 32
 and 44.1/48 kHz files whose spectrum stops dead below 16 kHz (telephone audio stored at a
 high rate), are enhanced into <stem>_flashsr.flac (FLAC sources) or <stem>_flashsr.wav
 (every other source; a lossy source is never re-encoded lossily), beside the source or
-under --output_dir. Full-band files are left alone unless --force. Sources are only read.
+under --output-dir. Full-band files are left alone unless --force. Sources are only read.
 
 Read (by extension, any case): WAV (.wav .wave), FLAC (.flac), MP3 (.mp3), Ogg Vorbis
 and Opus (.ogg .oga .opus), AIFF (.aif .aiff .aifc), AU (.au .snd), CAF (.caf),
@@ -40,11 +39,14 @@ EPILOG = """\
 examples:
   flashsr-enhance --input calls/                 # in-process, every core
   flashsr-enhance --input call.wav --device cpu  # one file, resample on the CPU
-  flashsr-enhance --input /mnt/VCTK --output_dir VCTK_48k/   # read-only corpus, same tree
+  flashsr-enhance --input /mnt/VCTK --output-dir VCTK_48k/   # read-only corpus, same tree
   flashsr-enhance --input /data/stage --broker redis://:pw@localhost:6379/0 --json
 
-exit status: 0 every selected file enhanced or skipped; 1 some failed (the others are
-still done and recorded); 2 usage error.
+exit status: 0 every selected file enhanced or skipped; 1 some files failed (the others
+are still done and recorded); 2 usage error; 3 could not run at all (broker unreachable,
+invalid manifest.json); 130 interrupted (the same command resumes).
+
+Every option also takes its underscored spelling (--output_dir, --model_dir, --no_wait).
 
 environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_CHORD_SIZE,
 FLASHSR_MAX_IN_FLIGHT, FLASHSR_MODEL_DIR,
@@ -60,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input", required=True, metavar="PATH",
                         help="one audio file, or a folder (the processed root, searched recursively)")
-    parser.add_argument("--output_dir", metavar="DIR",
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", metavar="DIR",
                         help="write each output under DIR at its source's relative path, with manifest.json "
-                             "(created if needed); --input is then only read and may be read-only "
-                             "(default: beside each source, manifest.json in --input)")
-    parser.add_argument("--model_dir", metavar="DIR",
+                             "(created if needed, not inside --input); --input is then only read and may be "
+                             "read-only (default: beside each source, manifest.json in --input)")
+    parser.add_argument("--model-dir", "--model_dir", dest="model_dir", metavar="DIR",
                         help="folder with student_ldm.pth, sr_vocoder.pth, vae.pth (default: $FLASHSR_MODEL_DIR, "
                              "else download once into $FLASHSR_CACHE_DIR); with --device cpu, giving it runs "
                              "FlashSR on the CPU (slow) instead of resampling")
@@ -73,16 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="enhance every audio file, whatever its rate or bandwidth")
     parser.add_argument("--overwrite", action="store_true", help="redo files whose output exists and is current")
     parser.add_argument("--broker", metavar="URL",
-                        help="dispatch to Celery workers through this broker (default: $FLASHSR_BROKER_URL; "
-                             "none: run in this process)")
-    parser.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="dispatch to Celery workers through this broker, redis://... or amqp://... "
+                             "(default: $FLASHSR_BROKER_URL; none: run in this process)")
+    parser.add_argument("--no-wait", "--no_wait", dest="wait", action="store_false",
                         help="with a broker: send every file and return at once instead of waiting; the "
                              "workers journal each record, and manifest.json gets them at the next run")
     parser.add_argument("--processes", type=int, metavar="N",
                         help="in-process: resample on N processes (default: every core)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flashsr")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -103,15 +115,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("flashsr: interrupted; every finished file is kept and recorded; run the same command again "
               "to resume", file=sys.stderr)
-        return 130
+        return exit_status.INTERRUPTED
     except DiskFull as exc:
         if exc.summary is not None:
             print(exc.summary.line(), file=sys.stderr)
         print(f"flashsr: stopped: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_status.FILES_FAILED
     except Exception as exc:  # broker unreachable, invalid manifest…: one sentence, not a traceback
         print(f"flashsr: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_status.CANNOT_RUN
     for failure in summary.failures:
         print(f"flashsr: failed: {failure['error']}", file=sys.stderr)
     if summary.failed > len(summary.failures):
@@ -123,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(summary.line(), file=sys.stderr)
     else:
         print(summary.line())
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    return exit_status.OK if summary.ok else exit_status.FILES_FAILED
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 from orchestrator_hooks.summary import RunSummary
 
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class UsageError(ValueError):
@@ -58,6 +59,10 @@ class FlashSRExtension:
         self.force = force
         self.overwrite = overwrite
         self.broker = broker or _env("FLASHSR_BROKER_URL")
+        if self.broker and not _URL_SCHEME.match(self.broker):
+            named = "--broker" if broker else "FLASHSR_BROKER_URL"
+            raise UsageError(f"{named} {self.broker}: the URL needs redis:// or amqp:// "
+                             f"(e.g. redis://{self.broker.split('/', 1)[0]}/0)")
         self.wait = wait
         self.progress = progress
         self.processes = processes
@@ -68,7 +73,7 @@ class FlashSRExtension:
         from flashsr_tasks.manifest import fold
         from flashsr_tasks.paths import PathRefused, check_root, discover_sources, is_output_name, sweep_stale_temporaries
         from flashsr_tasks.job import Job
-        from flashsr_tasks.planning import known_records, plan
+        from flashsr_tasks.planning import known_full_band, known_records, plan
 
         started = time.perf_counter()
         root, sources = self._root_and_sources(discover_sources, is_output_name)
@@ -86,6 +91,8 @@ class FlashSRExtension:
             for name in names:
                 summary.files += 1
                 yield name
+            bar.total = summary.files  # discovery is done: the bar now shows the total and time left
+            bar.refresh()
 
         def collect(outcome: dict[str, Any]) -> None:
             summary.add(outcome)
@@ -98,7 +105,7 @@ class FlashSRExtension:
         if job.output_dir:
             sweep_stale_temporaries(records_root)  # beside the sources, discovery does it on its way
         # Everything below streams: sources are found, judged, sent and collected a few at a time.
-        work = plan(checked_root, counted(sources), job, known_records(records_root))
+        work = plan(checked_root, counted(sources), job, known_records(records_root), known_full_band(records_root))
         try:
             if self.broker:
                 from orchestrator_hooks.dispatch import run_distributed
@@ -131,10 +138,14 @@ class FlashSRExtension:
 
         if self.output_dir is None:
             return None
+        if self.input.is_dir() and _is_within(self.output_dir, self.input):
+            # its outputs and manifest would be found as sources of the next run
+            raise UsageError(f"--output-dir {self.output_dir} lies inside --input {self.input}; "
+                             "give a folder outside it (or omit --output-dir to write beside the sources)")
         try:
             return str(check_root(self.output_dir, what="the output folder", create=True))
         except PathRefused as exc:
-            raise UsageError(f"--output_dir {self.output_dir}: {exc}") from None
+            raise UsageError(f"--output-dir {self.output_dir}: {exc}") from None
 
     def _root_and_sources(self, discover, is_output_name) -> tuple[Path, Iterable[str]]:
         if self.input.is_dir():
@@ -184,6 +195,12 @@ def run_flashsr_if_requested(args: argparse.Namespace, stage_path: Union[str, os
     ).run()
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether `path` (which may not exist yet) is `folder` or lies under it, links resolved."""
+    resolved, container = path.resolve(), folder.resolve()
+    return resolved == container or container in resolved.parents
+
+
 def _env(name: str) -> Optional[str]:
     return os.environ.get(name) or None
 
@@ -191,7 +208,12 @@ def _env(name: str) -> Optional[str]:
 class _NoBar:
     """What --quiet (or a pipe) gets instead of a disabled tqdm bar: importing tqdm costs ~30 ms."""
 
+    total = None
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def close(self) -> None:
@@ -206,7 +228,7 @@ def _progress_bar(enabled: Optional[bool]) -> Any:
     # No monitor thread: the in-process runner forks its pool after the bar exists.
     tqdm.monitor_interval = 0
     # enabled=None: a bar on a terminal, nothing in logs and pipes
-    # No total: sources are found as the run goes, so the bar counts files and shows the rate.
+    # No total at first: sources are found as the run goes; the total is set once discovery ends.
     return tqdm(unit="file", desc="flashsr", disable=None if enabled is None else not enabled,
                 dynamic_ncols=True, leave=False)
 

@@ -19,6 +19,7 @@ class RunSummary:
     failed: int = 0
     methods: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)  # the first MAX_LISTED_FAILURES
+    full_band: list[str] = field(default_factory=list)  # the first MAX_LISTED_FAILURES left alone as full-band
     elapsed_s: float = 0.0
     mode: str = "in-process"
     chords: int = 0         # chords sent (distributed)
@@ -38,6 +39,8 @@ class RunSummary:
             self.methods[method] = self.methods.get(method, 0) + 1
         elif kind == "failed" and len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append({"source": outcome["source"], "error": record.get("error", "failed")})
+        elif kind == "unselected" and len(self.full_band) < MAX_LISTED_FAILURES:
+            self.full_band.append(outcome["source"])  # manifest.json's full_band has them all, with edges
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

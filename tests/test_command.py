@@ -45,6 +45,7 @@ def test_a_folder_is_enhanced_and_recorded(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["files"], summary["enhanced"], summary["unselected"], summary["failed"]) == (6, 4, 2, 0)
+    assert sorted(summary["full_band"]) == ["music_48k.wav", "speech_44k.wav"]
     assert "4 enhanced" in result.stderr and "Traceback" not in result.stderr
     data = manifest(root)
     assert data["stage"] == "diarize" and data["speakers"] == {"call_0001.wav": 2}
@@ -139,6 +140,9 @@ def test_bad_files_fail_alone_with_exit_status_1(tmp_path):
         (["--input", "{root}", "--frobnicate"], "unrecognized arguments"),
         ([], "required: --input"),
         (["--input", "{root}/call_0001_flashsr.wav"], "is an output of flashsr"),
+        (["--input", "{root}", "--broker", "localhost:6390"], "the URL needs redis:// or amqp://"),
+        (["--input", "{root}", "--output-dir", "{root}/out"], "lies inside --input"),
+        (["--input", "{root}", "--output_dir", "{root}"], "lies inside --input"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path, args, message):
@@ -146,6 +150,28 @@ def test_usage_errors_exit_2(tmp_path, args, message):
     write(root / "call_0001_flashsr.wav", speech_like(48000, 0.1), 48000)
     result = enhance(*[a.format(root=root) for a in args])
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = enhance("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"flashsr-enhance {version('flashsr')}"
+
+
+def test_hyphenated_and_underscored_spellings_are_the_same_options(tmp_path):
+    parsed = []
+    for spelling in ("-", "_"):
+        from orchestrator_hooks.cli import build_parser
+
+        parsed.append(vars(build_parser().parse_args(
+            ["--input", "x", f"--output{spelling}dir", "o", f"--model{spelling}dir", "m", f"--no{spelling}wait"])))
+    assert parsed[0] == parsed[1] and parsed[0]["output_dir"] == "o" and parsed[0]["wait"] is False
+    root = tmp_path / "stage"
+    write(root / "call.wav", speech_like(8000, 0.5, seed=1), 8000)
+    result = enhance("--input", str(root), "--output-dir", str(tmp_path / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "call_flashsr.wav").is_file() and (tmp_path / "out" / "manifest.json").is_file()
 
 
 def test_help_answers_the_questions_a_stranger_has():
@@ -159,7 +185,7 @@ def test_an_invalid_manifest_is_not_overwritten(tmp_path):
     root = stage_folder(tmp_path / "stage")
     (root / "manifest.json").write_text("{not json")
     result = enhance("--input", str(root), "--device", "cpu")
-    assert result.returncode == 1 and "manifest.json is not valid JSON" in result.stderr
+    assert result.returncode == 3 and "manifest.json is not valid JSON" in result.stderr  # could not run at all
     assert (root / "manifest.json").read_text() == "{not json"
 
 
@@ -240,6 +266,17 @@ def test_an_unreachable_broker_fails_fast_with_one_sentence(tmp_path):
     root = stage_folder(tmp_path / "stage")
     started = time.monotonic()
     result = enhance("--input", str(root), "--device", "cpu", "--broker", f"redis://:s3cret@127.0.0.1:{port}/0")
-    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert result.returncode == 3 and time.monotonic() - started < 15  # could not run at all
     assert "cannot reach the broker" in result.stderr and "s3cret" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (root / "manifest.json").exists()
+
+
+def test_the_progress_bar_shows_the_total_once_discovery_is_done(tmp_path, capsys):
+    from orchestrator_hooks import FlashSRExtension
+
+    root = tmp_path / "stage"
+    for i in range(6):
+        write(root / f"call_{i}.wav", speech_like(8000, 0.3, seed=i), 8000)
+    FlashSRExtension(root, device="cpu", progress=True, processes=1).run()
+    shown = capsys.readouterr().err
+    assert "/6 [" in shown and "<" in shown.split("/6 [")[-1]  # the total, then elapsed<left

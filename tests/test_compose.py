@@ -286,12 +286,12 @@ def test_the_data_folder_can_be_mounted_at_its_host_path(tmp_path):
 
 
 def documented_second_gpu_worker() -> str:
-    for doc in (REPO / "README.md",):
+    for doc in (REPO / "docs" / "operations.md",):
         if doc.exists():
             for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.S):
                 if "worker-gpu-1:" in block:
                     return block
-    pytest.fail("the README must show the override that adds a second gpu worker (worker-gpu-1)")
+    pytest.fail("docs/operations.md must show the override that adds a second gpu worker (worker-gpu-1)")
 
 
 def test_the_documented_second_gpu_worker_reserves_only_its_own_gpu(env_file, default_config, tmp_path):

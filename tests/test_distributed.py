@@ -346,3 +346,19 @@ def test_a_member_killed_by_the_hard_time_limit_still_leaves_every_record(tmp_pa
         time.sleep(0.1)
     keys = [k.decode() for k in client.keys("*")]
     assert not [k for k in keys if not k.startswith("_kombu.")] and len(keys) <= 5, keys
+
+
+def test_a_worker_started_as_the_readme_shows_says_when_it_is_ready(tmp_path, redis_server):
+    """`celery -A flashsr_tasks worker -Q cpu`, Celery's default log level: one "ready" line."""
+    from tests.services import stop_process, worker_env
+
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "celery", "-A", "flashsr_tasks", "worker", "-Q", "cpu",
+                                    "--concurrency", "1"], cwd=REPO, env=worker_env(redis_server.url),
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "flashsr: worker ready" in log.read_text(), 60, "the worker's ready line")
+        assert "taking tasks from queue cpu" in log.read_text()
+    finally:
+        stop_process(process)

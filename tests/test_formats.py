@@ -290,3 +290,21 @@ def test_failed_records_have_every_key_of_an_ok_record(tmp_path):
     dead = failed_outcome("sub/x.flac", "failed on its worker (WorkerLostError: gone)")["record"]
     assert list(dead) == list(RECORD_KEYS) and dead["output_path"] == "sub/x_flashsr.flac"
     assert dead["status"] == "failed" and dead["created_at"]
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_16_bit_wav_output_is_what_libsndfile_writes(tmp_path, channels):
+    """Mono and stereo 16-bit WAVs are written without libsndfile: the same bytes, the hash of them."""
+    import hashlib
+    import io
+
+    from flashsr_tasks.audio import _pcm16, write_output
+
+    audio = np.random.default_rng(channels).uniform(-1, 1, (70001, channels)).astype(np.float32)
+    digest = write_output(tmp_path / "out_flashsr.wav", audio, 48000, "PCM_16")
+    reference = io.BytesIO()
+    with sf.SoundFile(reference, "w", 48000, channels, subtype="PCM_16", format="WAV") as out:
+        out.write(_pcm16(audio))
+    written = (tmp_path / "out_flashsr.wav").read_bytes()
+    assert written == reference.getvalue() and digest == hashlib.sha256(written).hexdigest()
+    assert [p.name for p in tmp_path.iterdir()] == ["out_flashsr.wav"]

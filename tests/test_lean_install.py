@@ -33,6 +33,14 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert documented in ci.splitlines()
 
 
+def test_the_model_warning_gives_the_readmes_working_install():
+    from flashsr_tasks.enhancers import MODEL_INSTALL, MODEL_INSTALL_HINT
+
+    readme = (REPO / "README.md").read_text()
+    steps = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("pip install")]
+    assert MODEL_INSTALL in MODEL_INSTALL_HINT and " && ".join(steps) == MODEL_INSTALL
+
+
 def test_the_gpu_image_installs_lean_and_prunes():
     gpu = (REPO / "docker" / "Dockerfile.gpu").read_text()
     assert "pip install --no-deps polflashsr==" in gpu and "python -m flashsr_tasks.prune_polflashsr" in gpu

@@ -94,7 +94,11 @@ def test_peaks_stay_inside_full_scale(tmp_path, subtype):
 def test_high_rate_full_band_file_is_left_alone(tmp_path):
     write(tmp_path / "music.wav", music_like(48000, 2.0), 48000)
     outcome = run(tmp_path, "music.wav")
-    assert outcome == {"source": "music.wav", "outcome": UNSELECTED, "record": None}
+    assert (outcome["source"], outcome["outcome"]) == ("music.wav", UNSELECTED)
+    stat = (tmp_path / "music.wav").stat()
+    assert {k: v for k, v in outcome["record"].items() if k != "judged_at"} == {
+        "type": "flashsr_full_band", "source": "music.wav", "band_edge_hz": None, "sample_rate": 48000,
+        "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
     assert not (tmp_path / "music_flashsr.wav").exists()
 
 
@@ -196,3 +200,33 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path):
     outcome = process_file(tmp_path.resolve(), "a.wav", JOB, Exploding)
     assert outcome["outcome"] == FAILED and "non-finite" in outcome["record"]["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
+
+
+def test_an_unreadable_file_is_recorded_with_a_clear_sentence():
+    """Permission bits stop nothing as root: as root, the per-file work runs with another
+    effective user for this one call."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from flashsr_tasks import audio  # noqa: F401  (imported before the user changes)
+
+    folder = Path(tempfile.mkdtemp(prefix="flashsr-perm-"))
+    try:
+        os.chmod(folder, 0o777)
+        write(folder / "call.wav", speech_like(8000, 0.5), 8000)
+        os.chmod(folder / "call.wav", 0o000)
+        as_root = os.geteuid() == 0
+        if as_root:
+            os.seteuid(pwd.getpwnam("nobody").pw_uid)
+        try:
+            outcome = run(folder, "call.wav")
+        finally:
+            if as_root:
+                os.seteuid(0)
+        record = outcome["record"]
+        assert outcome["outcome"] == FAILED and record["status"] == "failed"
+        assert record["error"] == "call.wav cannot be read: permission denied (check the file's owner and mode)."
+        assert record["source_size"] == (folder / "call.wav").stat().st_size  # from stat, as documented
+    finally:
+        shutil.rmtree(folder)
