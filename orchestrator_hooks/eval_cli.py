@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from orchestrator_hooks import exit_status
+
 DESCRIPTION = """\
 Score the enhancement on your own material. Every full-band reference under --references
 (44.1 or 48 kHz; others are refused with one line) is brought down to each of --rates the
@@ -31,7 +33,6 @@ examples:
 exit status: 0 every reference scored at every rate; 1 some enhancement failed (the others are
 scored); 2 usage error (no such folder, bad rates, no usable reference)."""
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _COLUMNS = ("lsd", "lsd_hf", "lsd_lf", "si_sdr_db")
 
 
@@ -98,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.write("\n")
     else:
         print(format_table(evaluation.to_dict()["results"]))
-    return EXIT_FAILED if evaluation.failures else EXIT_OK
+    return exit_status.FILES_FAILED if evaluation.failures else exit_status.OK
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

@@ -13,6 +13,8 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from orchestrator_hooks import exit_status
+
 if TYPE_CHECKING:
     from flashsr_tasks.run_facts import RunFacts
 
@@ -22,7 +24,6 @@ totals by status and method, the failures with their sentences, throughput, and 
 of --samples files before and after (0-24 kHz, linear; a dashed cyan line at the input's band
 edge), chosen by the hash of their names, so the same root gives the same samples."""
 
-EXIT_OK, EXIT_USAGE = 0, 2
 
 _STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -71,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with atomic_path(output) as tmp:
         tmp.write_text(page, encoding="utf-8")
     print(f"flashsr-report: wrote {output} ({len(page) // 1024} KiB, {len(facts.samples)} samples)")
-    return EXIT_OK
+    return exit_status.OK
 
 
 def render(facts: RunFacts, root: Path, sources: Path) -> str:
