@@ -61,3 +61,39 @@ def positive_int_env(name: str, default: int) -> int:
     if number <= 0:
         raise ValueError(f"{name} must be positive, not {value!r}")
     return number
+
+
+# ---------------------------------------------------------------------------- the model's settings
+# Each raises ValueError naming the variable; the model's loader turns that into ModelUnavailable.
+
+AUTOCAST_NAMES = ("off", "bf16", "fp16")
+
+
+def bool_env(name: str, default: bool) -> bool:
+    """1/true/yes/on or 0/false/no/off from the environment, `default` when unset."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def model_batch_size(on_cuda: bool) -> int:
+    """FLASHSR_BATCH_SIZE: windows (channel rows) per forward pass; 4 on CUDA, 1 on the CPU."""
+    return positive_int_env("FLASHSR_BATCH_SIZE", 4 if on_cuda else 1)
+
+
+def lowpass_input() -> bool:
+    """FLASHSR_LOWPASS_INPUT: low-pass each window at its own detected cutoff first (upstream's default)."""
+    return bool_env("FLASHSR_LOWPASS_INPUT", True)
+
+
+def autocast_name() -> str:
+    """FLASHSR_AUTOCAST: off | bf16 | fp16, mixed precision on CUDA for the UNet and the VAE."""
+    name = os.environ.get("FLASHSR_AUTOCAST", "").strip().lower() or "off"
+    if name not in AUTOCAST_NAMES:
+        raise ValueError(f"FLASHSR_AUTOCAST must be off, bf16 or fp16, got {name!r}")
+    return name
