@@ -97,3 +97,8 @@ def autocast_name() -> str:
     if name not in AUTOCAST_NAMES:
         raise ValueError(f"FLASHSR_AUTOCAST must be off, bf16 or fp16, got {name!r}")
     return name
+
+
+def require_model() -> bool:
+    """FLASHSR_REQUIRE_MODEL=1: no graceful fallback to resampling where the model was asked for."""
+    return bool_env("FLASHSR_REQUIRE_MODEL", False)

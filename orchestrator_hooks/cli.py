@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from orchestrator_hooks import exit_status
 from orchestrator_hooks.flashsr_extension import FlashSRExtension, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -104,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except Exception as exc:  # broker unreachable, invalid manifest…: one sentence, not a traceback
         print(f"flashsr: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exit_status.CANNOT_RUN if _is_model_required(exc) else EXIT_FAILED
     for failure in summary.failures:
         print(f"flashsr: failed: {failure['error']}", file=sys.stderr)
     if summary.failed > len(summary.failures):
@@ -117,6 +118,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         print(summary.line())
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _is_model_required(exc: Exception) -> bool:
+    model_required = getattr(sys.modules.get("flashsr_tasks.enhancers"), "ModelRequired", None)
+    return model_required is not None and isinstance(exc, model_required)
 
 
 if __name__ == "__main__":
