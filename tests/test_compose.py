@@ -564,3 +564,14 @@ def test_flower_command_runs_natively_behind_basic_auth(full_config, tmp_path, p
     finally:
         processes.stop_all()
         redis.stop()
+
+
+def test_the_gpu_image_runs_the_torch_release_the_tests_run() -> None:
+    gpu = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    image_torch = re.search(r"(?m)^ARG BASE_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-cuda", gpu).group(1)
+    ci_torch = re.search(r"pip install torch==(\d+\.\d+\.\d+)", (REPO / ".ci" / "run").read_text()).group(1)
+    assert image_torch == ci_torch
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        assert torch.__version__.split("+")[0] == ci_torch  # the release these tests run on
