@@ -102,3 +102,32 @@ def autocast_name() -> str:
 def require_model() -> bool:
     """FLASHSR_REQUIRE_MODEL=1: no graceful fallback to resampling where the model was asked for."""
     return bool_env("FLASHSR_REQUIRE_MODEL", False)
+
+
+VOCODER_DTYPE_NAMES = ("float32", "bf16")
+
+
+def tf32() -> bool:
+    """FLASHSR_TF32: 1 lets CUDA matmuls and convolutions use TF32; default 0 (strict float32)."""
+    return bool_env("FLASHSR_TF32", False)
+
+
+def vocoder_dtype_name() -> str:
+    """FLASHSR_VOCODER_DTYPE: float32 (default) | bf16, the SR vocoder's weights and activations."""
+    name = os.environ.get("FLASHSR_VOCODER_DTYPE", "").strip().lower() or "float32"
+    if name not in VOCODER_DTYPE_NAMES:
+        raise ValueError(f"FLASHSR_VOCODER_DTYPE must be float32 or bf16, got {name!r}")
+    return name
+
+
+def fixed_shapes(on_cuda: bool) -> bool:
+    """FLASHSR_FIXED_SHAPES: pad batches to a few fixed sizes (and let cuDNN autotune them);
+    default on CUDA only (on a CPU a padded row costs as much as a real one and gains nothing)."""
+    return bool_env("FLASHSR_FIXED_SHAPES", on_cuda)
+
+
+def torch_threads_with_gpu() -> int:
+    """FLASHSR_TORCH_THREADS: torch's CPU threads in a process whose model is on a GPU (default 1).
+    Its CPU torch work is the input low-pass's STFT, one per task thread: each on all cores
+    would oversubscribe the CPU, the task threads are the parallelism."""
+    return positive_int_env("FLASHSR_TORCH_THREADS", 1)

@@ -2,12 +2,13 @@
 
 Imports torch; `flashsr_tasks.enhancers` imports this module only when the model is wanted.
 The inference code is FlashSR's own (import name `FlashSR`, PyPI `polflashsr`), used as a
-dependency. What this module adds: the enhancer around the loaded model, per-window noise
-(outputs independent of batching) and optional CUDA autocast with the vocoder kept in
-float32. Weights come from `flashsr_tasks.weights`, the library from
-`flashsr_tasks.flashsr_library`, the device from `flashsr_tasks.devices`, the settings from
-`flashsr_tasks.config`. Resampling, windows, the input
-low-pass and batching across files come from `flashsr_tasks.batched_enhancer`.
+dependency. What this module adds: the enhancer around the loaded model, which runs the
+library's forward in stages (`flashsr_tasks.staged_forward`: per-window noise, outputs
+independent of batching) on a model prepared once at load (`flashsr_tasks.fast_path`), with
+pinned, asynchronous copies on CUDA. Weights come from `flashsr_tasks.weights`, the library
+from `flashsr_tasks.flashsr_library`, the device from `flashsr_tasks.devices`, the settings
+from `flashsr_tasks.config`. Resampling, windows, the input low-pass and batching across
+files come from `flashsr_tasks.batched_enhancer`.
 
 Settings (environment, read in `flashsr_tasks.config`; `load_flashsr` arguments take precedence):
 
@@ -17,8 +18,14 @@ Settings (environment, read in `flashsr_tasks.config`; `load_flashsr` arguments 
                            as FlashSR's `lowpass_input` does ("can help reduce discrepancy between
                            training data and inference data"). Upstream default: on (the default of
                            `FlashSR.forward`); upstream's README example passes it off. Default here: on.
-    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA for the UNet and the VAE;
-                           the vocoder stays float32. Ignored on the CPU.
+    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA for the UNet and the VAE.
+                           Ignored on the CPU. A batch that is not finite under fp16 runs again in float32.
+    FLASHSR_VOCODER_DTYPE  float32 (default) | bf16: the SR vocoder's own precision (most of the time).
+    FLASHSR_TF32           1/0 (default 0): TF32 matmuls and convolutions on CUDA.
+    FLASHSR_TORCH_THREADS  torch's CPU threads when the model is on a GPU (default 1: the task threads'
+                           STFTs would each take every core).
+    FLASHSR_FIXED_SHAPES   1/0 (default: 1 on CUDA, 0 on the CPU): pad batches to powers of two up to
+                           the batch size, and let cuDNN autotune those shapes.
     FLASHSR_BATCH_WAIT_MS  see `flashsr_tasks.batched_enhancer`.
 
 Also honoured (see `flashsr_tasks.weights`): FLASHSR_MODEL_DIR, FLASHSR_CACHE_DIR,
@@ -26,8 +33,6 @@ FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN.
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 from typing import Any, Callable, Optional, TypeVar
 
@@ -37,10 +42,12 @@ import torch
 from flashsr_tasks import config
 from flashsr_tasks.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.devices import resolve_device
+from flashsr_tasks.fast_path import drop_unused_hifigan, fold_weight_norm, padded_rows, set_cuda_math
 from flashsr_tasks.flashsr_library import build_model, import_library
 from flashsr_tasks.lowpass import lowpass_rows
 from flashsr_tasks.weights import ModelUnavailable, locate_weights
-from flashsr_tasks.window_noise import SEED, PerWindowNoise
+from flashsr_tasks.staged_forward import StagedForward
+from flashsr_tasks.window_noise import SEED
 from flashsr_tasks.windows import DEFAULT_OVERLAP
 
 __all__ = ["FlashSREnhancer", "ModelUnavailable", "SEED", "load_flashsr"]
@@ -48,6 +55,7 @@ __all__ = ["FlashSREnhancer", "ModelUnavailable", "SEED", "load_flashsr"]
 log = logging.getLogger(__name__)
 
 AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+VOCODER_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 T = TypeVar("T")
 
 
@@ -59,54 +67,62 @@ def _setting(read: Callable[[], T]) -> T:
         raise ModelUnavailable(str(exc)) from None
 
 
-def _keep_float32(module: torch.nn.Module, device_type: str) -> None:
-    """Run `module` outside autocast, in float32 (BigVGAN-style vocoders lose quality in bf16)."""
-    inner = module.forward
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        args = tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-        with torch.autocast(device_type, enabled=False):
-            return inner(*args, **kwargs)
-
-    module.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
-
-
 class FlashSREnhancer(BatchedEnhancer):
     """The `Enhancer` for FlashSR: float32 `[frames, channels]` at any rate → 48 kHz, same duration.
 
     Windows of every file this process enhances share the model's batches (`BatchedEnhancer`);
     each window's output is the library's own forward for that window alone after
-    `torch.manual_seed(SEED)` (`PerWindowNoise`)."""
+    `torch.manual_seed(SEED)` (`StagedForward`)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, label: str, *, batch_size: int,
-                 lowpass: bool, autocast: str, forward_kwargs: dict[str, Any],
+                 lowpass: bool, autocast: str, vocoder_dtype: str = "float32", fixed_shapes: bool = False,
                  overlap: int = DEFAULT_OVERLAP, max_wait_s: Optional[float] = None) -> None:
         super().__init__(self.forward_rows, batch_size=batch_size, model=label, device=str(device),
                          prepare_rows=lowpass_rows if lowpass else None, max_wait_s=max_wait_s,
                          overlap=overlap, thread_context=torch.inference_mode)
         self._model = model
         self._device = device
-        self._autocast = AUTOCAST_DTYPES[autocast]
-        self._forward_kwargs = forward_kwargs
         self.lowpass_input = lowpass
         self.autocast = autocast
-        if self._autocast is not None:
-            _keep_float32(model.sr_vocoder, device.type)
+        self.vocoder_dtype = vocoder_dtype
+        self.fixed_shapes = fixed_shapes
+        self.staged = StagedForward(model, device, AUTOCAST_DTYPES[autocast], VOCODER_DTYPES[vocoder_dtype])
+        self._float32: Optional[StagedForward] = None  # fp16's rerun of a non-finite batch
+        self.padded_rows = 0  # rows run only to fill a fixed batch shape
 
     @property
     def module(self) -> torch.nn.Module:
-        """The library's FlashSR module, as loaded (for benchmarks against its own forward)."""
+        """The library's FlashSR module, as loaded and prepared (`flashsr_tasks.fast_path`)."""
         return self._model
 
     def forward_rows(self, batch: np.ndarray) -> np.ndarray:
         """float32 `[rows, WINDOW]` → the model's output rows, each as if run alone after the seed."""
         # The model's thread: to the device, one forward pass, back to the CPU. Nothing else.
-        x = torch.from_numpy(batch).to(self._device)
-        autocast = (torch.autocast(self._device.type, dtype=self._autocast) if self._autocast is not None
-                    else contextlib.nullcontext())
-        with PerWindowNoise(x.shape[0]), autocast:
-            y = self._model(x, **self._forward_kwargs)
-        return y.float().cpu().numpy()
+        rows = batch.shape[0]
+        size = padded_rows(rows, self.batch_size) if self.fixed_shapes else rows
+        if size > rows:  # copies of the last row: real audio, finite, dropped afterwards
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+            self.padded_rows += size - rows
+        y = self._run(self.staged, batch)
+        if self.autocast == "fp16" and not torch.isfinite(y).all():
+            # fp16 overflows where bf16 and float32 do not: this batch again, in float32
+            log.warning("a batch was not finite under fp16 autocast; it runs again in float32")
+            if self._float32 is None:
+                self._float32 = StagedForward(self._model, self._device, None, VOCODER_DTYPES[self.vocoder_dtype])
+            y = self._run(self._float32, batch)
+        return y[:rows]
+
+    def _run(self, staged: StagedForward, batch: np.ndarray) -> np.ndarray:
+        host = torch.from_numpy(batch)
+        if self._device.type == "cuda":
+            # pinned memory: the copies are asynchronous DMA, and the one sync is the last copy's
+            x = host.pin_memory().to(self._device, non_blocking=True)
+            y = staged.forward(x)
+            out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            out.copy_(y, non_blocking=True)
+            torch.cuda.current_stream(self._device).synchronize()
+            return out.numpy()
+        return staged.forward(host).float().numpy()
 
     def _check(self, out: np.ndarray) -> None:
         if not np.isfinite(out).all():
@@ -117,7 +133,8 @@ class FlashSREnhancer(BatchedEnhancer):
 
 def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_size: Optional[int] = None,
                  lowpass_input: Optional[bool] = None, autocast_dtype: Optional[str] = None,
-                 overlap: int = DEFAULT_OVERLAP) -> FlashSREnhancer:
+                 overlap: int = DEFAULT_OVERLAP, vocoder_dtype: Optional[str] = None,
+                 fixed_shapes: Optional[bool] = None) -> FlashSREnhancer:
     """Load FlashSR once: weights from `model_dir` / FLASHSR_MODEL_DIR / the Hub cache, onto `device`.
 
     Arguments left as None come from the environment (see the module docstring). Raises
@@ -134,11 +151,20 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
         raise ModelUnavailable(f"autocast must be off, bf16 or fp16, got {autocast!r}")
     if autocast != "off" and torch_device.type != "cuda":
         log.warning("FLASHSR_AUTOCAST=%s applies to CUDA only; the CPU runs in float32", autocast)
+    on_cuda = torch_device.type == "cuda"
+    vocoder_dtype = _setting(config.vocoder_dtype_name) if vocoder_dtype is None else vocoder_dtype
+    if vocoder_dtype not in VOCODER_DTYPES:
+        raise ModelUnavailable(f"the vocoder's dtype must be float32 or bf16, got {vocoder_dtype!r}")
+    fixed_shapes = _setting(lambda: config.fixed_shapes(on_cuda)) if fixed_shapes is None else fixed_shapes
+    tf32 = _setting(config.tf32)
 
     flashsr_class, _ = import_library()
     try:
         model = build_model(flashsr_class, weights)
         model.eval().requires_grad_(False)  # the VAE has dropout: inference needs eval mode
+        folded = fold_weight_norm(model)  # before the move: the device gets plain weights only
+        freed = drop_unused_hifigan(model)
+        model.sr_vocoder.to(VOCODER_DTYPES[vocoder_dtype])
         model.to(torch_device)
         model.vae.to(torch_device)  # a plain object, not a submodule: .to() above does not reach it
     except ModelUnavailable:
@@ -150,13 +176,16 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
             f"({type(exc).__name__}: {first_line}): check the three files or fetch them again with "
             "flashsr-download") from None
 
-    # Windows are low-passed above, per row; never ask the library to do it again for the batch.
-    takes_lowpass = "lowpass_input" in inspect.signature(flashsr_class.forward).parameters
+    if on_cuda:
+        set_cuda_math(tf32=tf32, autotune=fixed_shapes)
+        torch.set_num_threads(_setting(config.torch_threads_with_gpu))
     enhancer = FlashSREnhancer(
         model, torch_device, weights.label, batch_size=batch_size, lowpass=lowpass_input,
-        autocast=autocast if torch_device.type == "cuda" else "off",
-        forward_kwargs={"lowpass_input": False} if takes_lowpass else {}, overlap=overlap)
+        autocast=autocast if on_cuda else "off", vocoder_dtype=vocoder_dtype, fixed_shapes=fixed_shapes,
+        overlap=overlap)
     log.info("FlashSR loaded: %s on %s, batch size %d (waiting up to %d ms to fill), input low-pass %s, "
-             "autocast %s", enhancer.model, enhancer.device, enhancer.batch_size, enhancer.max_wait_s * 1000,
-             "on" if enhancer.lowpass_input else "off", enhancer.autocast)
+             "autocast %s, vocoder %s, TF32 %s, fixed shapes %s; %d weight-normed layers folded, "
+             "%.0f MB of unused HiFi-GAN dropped", enhancer.model, enhancer.device, enhancer.batch_size,
+             enhancer.max_wait_s * 1000, "on" if enhancer.lowpass_input else "off", enhancer.autocast,
+             vocoder_dtype, "on" if tf32 and on_cuda else "off", "on" if fixed_shapes else "off", folded, freed / 1e6)
     return enhancer
