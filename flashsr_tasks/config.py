@@ -131,3 +131,9 @@ def torch_threads_with_gpu() -> int:
     Its CPU torch work is the input low-pass's STFT, one per task thread: each on all cores
     would oversubscribe the CPU, the task threads are the parallelism."""
     return positive_int_env("FLASHSR_TORCH_THREADS", 1)
+
+
+def compile_vocoder() -> bool:
+    """FLASHSR_COMPILE_VOCODER=1: torch.compile the SR vocoder (static shapes; the first batch of
+    each shape compiles for a minute or more). Default 0."""
+    return bool_env("FLASHSR_COMPILE_VOCODER", False)

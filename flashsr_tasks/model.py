@@ -24,6 +24,7 @@ Settings (environment, read in `flashsr_tasks.config`; `load_flashsr` arguments 
     FLASHSR_TF32           1/0 (default 0): TF32 matmuls and convolutions on CUDA.
     FLASHSR_TORCH_THREADS  torch's CPU threads when the model is on a GPU (default 1: the task threads'
                            STFTs would each take every core).
+    FLASHSR_COMPILE_VOCODER 1/0 (default 0): torch.compile the SR vocoder (checked on a GPU only).
     FLASHSR_FIXED_SHAPES   1/0 (default: 1 on CUDA, 0 on the CPU): pad batches to powers of two up to
                            the batch size, and let cuDNN autotune those shapes.
     FLASHSR_BATCH_WAIT_MS  see `flashsr_tasks.batched_enhancer`.
@@ -179,6 +180,9 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
     if on_cuda:
         set_cuda_math(tf32=tf32, autotune=fixed_shapes)
         torch.set_num_threads(_setting(config.torch_threads_with_gpu))
+    if _setting(config.compile_vocoder):
+        # static shapes: with fixed batch shapes, one compile per padded size
+        model.sr_vocoder = torch.compile(model.sr_vocoder, dynamic=False)
     enhancer = FlashSREnhancer(
         model, torch_device, weights.label, batch_size=batch_size, lowpass=lowpass_input,
         autocast=autocast if on_cuda else "off", vocoder_dtype=vocoder_dtype, fixed_shapes=fixed_shapes,
