@@ -35,6 +35,7 @@ FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
@@ -68,6 +69,14 @@ def _setting(read: Callable[[], T]) -> T:
         raise ModelUnavailable(str(exc)) from None
 
 
+@dataclass
+class _LaunchedRows:
+    batch: np.ndarray                   # as run (padded)
+    rows: int                           # real rows
+    out: torch.Tensor                   # float32 on the host (pinned on CUDA)
+    done: Optional[Any]                 # a CUDA event: the copy back has landed; None on the CPU
+
+
 class FlashSREnhancer(BatchedEnhancer):
     """The `Enhancer` for FlashSR: float32 `[frames, channels]` at any rate → 48 kHz, same duration.
 
@@ -78,9 +87,9 @@ class FlashSREnhancer(BatchedEnhancer):
     def __init__(self, model: torch.nn.Module, device: torch.device, label: str, *, batch_size: int,
                  lowpass: bool, autocast: str, vocoder_dtype: str = "float32", fixed_shapes: bool = False,
                  overlap: int = DEFAULT_OVERLAP, max_wait_s: Optional[float] = None) -> None:
-        super().__init__(self.forward_rows, batch_size=batch_size, model=label, device=str(device),
+        super().__init__(self.launch_rows, batch_size=batch_size, model=label, device=str(device),
                          prepare_rows=lowpass_rows if lowpass else None, max_wait_s=max_wait_s,
-                         overlap=overlap, thread_context=torch.inference_mode)
+                         overlap=overlap, thread_context=torch.inference_mode, finish_batch=self.finish_rows)
         self._model = model
         self._device = device
         self.lowpass_input = lowpass
@@ -98,32 +107,45 @@ class FlashSREnhancer(BatchedEnhancer):
 
     def forward_rows(self, batch: np.ndarray) -> np.ndarray:
         """float32 `[rows, WINDOW]` → the model's output rows, each as if run alone after the seed."""
-        # The model's thread: to the device, one forward pass, back to the CPU. Nothing else.
+        return self.finish_rows(self.launch_rows(batch))
+
+    def launch_rows(self, batch: np.ndarray) -> _LaunchedRows:
+        """Start one forward pass (the model's thread): on CUDA the copy in, the pass and the copy
+        back are queued and this returns while they run; `finish_rows` waits."""
         rows = batch.shape[0]
         size = padded_rows(rows, self.batch_size) if self.fixed_shapes else rows
         if size > rows:  # copies of the last row: real audio, finite, dropped afterwards
             batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
             self.padded_rows += size - rows
-        y = self._run(self.staged, batch)
-        if self.autocast == "fp16" and not torch.isfinite(y).all():
+        return _LaunchedRows(batch, rows, *self._launch(self.staged, batch))
+
+    def finish_rows(self, launched: _LaunchedRows) -> np.ndarray:
+        if launched.done is not None:
+            launched.done.synchronize()  # the copy back has landed in the pinned buffer
+        y = launched.out
+        if self.autocast == "fp16" and not bool(torch.isfinite(y).all()):
             # fp16 overflows where bf16 and float32 do not: this batch again, in float32
             log.warning("a batch was not finite under fp16 autocast; it runs again in float32")
             if self._float32 is None:
                 self._float32 = StagedForward(self._model, self._device, None, VOCODER_DTYPES[self.vocoder_dtype])
-            y = self._run(self._float32, batch)
-        return y[:rows]
+            out, done = self._launch(self._float32, launched.batch)
+            if done is not None:
+                done.synchronize()
+            y = out
+        return y[:launched.rows].numpy()
 
-    def _run(self, staged: StagedForward, batch: np.ndarray) -> np.ndarray:
+    def _launch(self, staged: StagedForward, batch: np.ndarray) -> tuple[torch.Tensor, Optional[Any]]:
         host = torch.from_numpy(batch)
-        if self._device.type == "cuda":
-            # pinned memory: the copies are asynchronous DMA, and the one sync is the last copy's
-            x = host.pin_memory().to(self._device, non_blocking=True)
-            y = staged.forward(x)
-            out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
-            out.copy_(y, non_blocking=True)
-            torch.cuda.current_stream(self._device).synchronize()
-            return out.numpy()
-        return staged.forward(host).float().numpy()
+        if self._device.type != "cuda":
+            return staged.forward(host).float(), None
+        # pinned memory: the copies are asynchronous DMA; the one wait is for the copy back
+        x = host.pin_memory().to(self._device, non_blocking=True)
+        y = staged.forward(x)
+        out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+        out.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return out, done
 
     def _check(self, out: np.ndarray) -> None:
         if not np.isfinite(out).all():

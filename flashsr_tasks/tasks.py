@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from celery import signals
 
@@ -89,13 +89,13 @@ def _load_gpu_model() -> Any:
 
     try:
         enhancer = load_enhancer(config.worker_device(), config.model_dir())
-    except ModelRequired as exc:
+    except (ModelRequired, ValueError) as exc:  # ValueError: FLASHSR_REQUIRE_MODEL itself is not 1 or 0
         _exit_worker(str(exc))
     log.info("gpu worker ready: method=%s device=%s", enhancer.method, enhancer.device)
     return enhancer
 
 
-def _exit_worker(sentence: str) -> None:
+def _exit_worker(sentence: str) -> NoReturn:
     """Strict model mode: a gpu worker without its model stops at once, visibly to a supervisor
     (status 3, one line on stderr), instead of serving resampled audio or tasks that fail.
     A prefork pool process also stops its main process, which would otherwise fork another."""
