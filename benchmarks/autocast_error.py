@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from flashsr_tasks.lowpass import lowpass_rows  # noqa: E402
-from flashsr_tasks.model import FlashSREnhancer, load_flashsr, write_random_weights_in_subprocess  # noqa: E402
+from flashsr_tasks.model import FlashSREnhancer, load_flashsr  # noqa: E402
+from flashsr_tasks.random_weights import write_random_weights_in_subprocess  # noqa: E402
 from flashsr_tasks.resample import to_output_rate  # noqa: E402
 from flashsr_tasks.windows import WINDOW  # noqa: E402
 from gpu_pipeline import speech_like  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> int:
     f32 = load_flashsr(device=args.device, model_dir=model_dir, batch_size=args.windows)
     # The same loaded module under autocast (load_flashsr applies autocast on CUDA only).
     mixed = FlashSREnhancer(f32.module, torch.device(f32.device), f32.model, batch_size=args.windows, lowpass=True,
-                            autocast=args.dtype, forward_kwargs={"lowpass_input": False})
+                            autocast=args.dtype)
     rows = np.stack([to_output_rate(speech_like(8000, WINDOW / 48000, seed)[:, None], 8000)[:WINDOW, 0]
                      for seed in range(args.windows)])
     x = lowpass_rows(rows)

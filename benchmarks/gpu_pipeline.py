@@ -113,9 +113,9 @@ def library_lowpass() -> Callable[[np.ndarray], np.ndarray]:
     """Today's per-window low-pass: the library's detector and filter, row by row."""
     import torch
 
-    from flashsr_tasks.model import _import_library
+    from flashsr_tasks.flashsr_library import import_library
 
-    _, rows_fn = _import_library()
+    _, rows_fn = import_library()
 
     def prepare(rows: np.ndarray) -> np.ndarray:
         return rows_fn(torch.from_numpy(rows)).numpy()
@@ -230,7 +230,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def real_model(args: argparse.Namespace, workdir: Path) -> tuple[Callable[[str], tuple[BatchedEnhancer, TimedModel]], str]:
     import torch
 
-    from flashsr_tasks.model import load_flashsr, write_random_weights_in_subprocess
+    from flashsr_tasks.model import load_flashsr
+    from flashsr_tasks.random_weights import write_random_weights_in_subprocess
 
     model_dir = args.model_dir
     if model_dir is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class BatchedEnhancer:
 
     `run_batch`: float32 `[rows, WINDOW]` → same shape, called in the batcher's thread only.
     `prepare_rows`: per-window CPU work before the model (the input low-pass), in the caller's thread.
+    `finish_batch`: with an asynchronous device, `run_batch` launches and this waits (see `Batcher`).
     `max_wait_s=0` and `ahead=0` give the old one-file-at-a-time behaviour (for comparisons).
     """
 
@@ -52,8 +53,10 @@ class BatchedEnhancer:
     def __init__(self, run_batch: Callable[[np.ndarray], np.ndarray], *, batch_size: int, model: Optional[str],
                  device: str, prepare_rows: Optional[PrepareRows] = None, max_wait_s: Optional[float] = None,
                  ahead: int = 1, overlap: int = DEFAULT_OVERLAP,
-                 thread_context: Optional[Callable[[], ContextManager]] = None) -> None:
+                 thread_context: Optional[Callable[[], ContextManager]] = None,
+                 finish_batch: Optional[Callable[[Any], np.ndarray]] = None) -> None:
         self._run_batch = run_batch
+        self._finish_batch = finish_batch
         self._prepare_rows = prepare_rows
         self._thread_context = thread_context
         self.batch_size = batch_size
@@ -71,7 +74,8 @@ class BatchedEnhancer:
         with self._batcher_lock:
             if self._batcher is None or self._batcher.closed:
                 self._batcher = Batcher(self._run_batch, self.batch_size, self.max_wait_s,
-                                        max_queued_rows=4 * self.batch_size, thread_context=self._thread_context)
+                                        max_queued_rows=4 * self.batch_size, thread_context=self._thread_context,
+                                        finish_batch=self._finish_batch)
             return self._batcher
 
     @property

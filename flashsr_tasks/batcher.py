@@ -15,7 +15,11 @@ Rules (after Ray Serve's `@serve.batch`, Triton's dynamic batcher, TorchRL's inf
   fill memory (a block is admitted whenever the queue is below the bound, so no block waits forever);
 - `close` fails whatever is still pending;
 - the thread does nothing but collate, call the model and copy results: the CPU work of
-  each file stays in its caller's thread, which is where the overlap comes from.
+  each file stays in its caller's thread, which is where the overlap comes from;
+- with a `finish_batch` (an asynchronous device: `run_batch` only launches the work and
+  returns a handle, `finish_batch` waits for it), the next batch is launched before the
+  previous one is waited for and handed back, whenever the next one is ready by then, so the
+  device does not idle while results are copied out and callers woken.
 """
 from __future__ import annotations
 
@@ -26,13 +30,14 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+RunBatch = Callable[[np.ndarray], Any]  # the output rows, or a handle for `finish_batch`
+FinishBatch = Callable[[Any], np.ndarray]
 
 
 class BatcherClosed(RuntimeError):
@@ -48,6 +53,14 @@ class _Block:
     taken: int = 0                   # rows handed to a batch so far
     done: int = 0                    # rows whose result is back
     failed: bool = False
+
+
+@dataclass
+class _Launched:
+    live: list[tuple[_Block, int, int]]
+    rows: int
+    handle: Any
+    started: float
 
 
 @dataclass
@@ -70,12 +83,13 @@ class Batcher:
     def __init__(self, run_batch: RunBatch, max_rows: int, max_wait_s: float = 0.02,
                  max_queued_rows: Optional[int] = None,
                  thread_context: Optional[Callable[[], ContextManager]] = None,
-                 name: str = "flashsr-batcher") -> None:
+                 name: str = "flashsr-batcher", finish_batch: Optional[FinishBatch] = None) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be 0 or more, got {max_wait_s}")
         self._run_batch = run_batch
+        self._finish_batch = finish_batch
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.max_queued_rows = max_queued_rows or 4 * max_rows
@@ -129,9 +143,9 @@ class Batcher:
 
     # ------------------------------------------------------------------ the batcher thread
 
-    def _next_batch(self) -> Optional[list[tuple[_Block, int, int]]]:
+    def _next_batch(self, wait: bool = True) -> Optional[list[tuple[_Block, int, int]]]:
         """Wait for a full batch or the oldest row's deadline; take up to max_rows rows (in
-        arrival order). None when closed."""
+        arrival order). None when closed; with `wait` false, [] when no batch is ready now."""
         with self._cond:
             while True:
                 if self._closed:
@@ -142,7 +156,11 @@ class Batcher:
                     now = time.monotonic()
                     if waiting >= self.max_rows or now >= deadline:
                         break
+                    if not wait:
+                        return []
                     self._cond.wait(deadline - now)
+                elif not wait:
+                    return []
                 else:
                     self._cond.wait()
             parts: list[tuple[_Block, int, int]] = []
@@ -166,39 +184,63 @@ class Batcher:
             self._serve()
 
     def _serve(self) -> None:
+        in_flight: Optional[_Launched] = None  # launched, not yet waited for (finish_batch only)
         while True:
-            parts = self._next_batch()
+            parts = self._next_batch(wait=in_flight is None)
             if parts is None:
+                if in_flight is not None:
+                    self._complete(in_flight)
                 return
-            # a block that failed in an earlier slice, or whose caller gave up on it, is not run
-            live = [(b, s, e) for b, s, e in parts if not b.failed and not b.future.cancelled()]
-            if not live:
-                continue
-            try:
-                x = np.concatenate([b.rows[s:e] for b, s, e in live]) if len(live) > 1 else live[0][0].rows[live[0][1]:live[0][2]]
-                started = time.perf_counter()
-                y = np.asarray(self._run_batch(x))
-                self.stats.busy_s += time.perf_counter() - started
-                if y.shape[0] != x.shape[0]:
-                    raise RuntimeError(f"the model returned {y.shape[0]} rows for a batch of {x.shape[0]}")
-            except BaseException as exc:  # every caller in this batch hears of it; the thread lives on
-                log.debug("batch of %d rows failed", sum(e - s for _, s, e in live), exc_info=True)
-                for block, _, _ in live:
-                    _fail(block, exc)
-                continue
-            self.stats.batches += 1
-            self.stats.rows += x.shape[0]
-            log.debug("model batch of %d row%s from %d caller%s", x.shape[0], "" if x.shape[0] == 1 else "s",
-                      len(live), "" if len(live) == 1 else "s")
-            offset = 0
-            for block, s, e in live:
-                if block.out is None:
-                    block.out = np.empty((block.rows.shape[0], *y.shape[1:]), dtype=y.dtype)
-                block.out[s:e] = y[offset:offset + e - s]
-                offset += e - s
-                block.done += e - s
-                if block.done == block.rows.shape[0]:
-                    _resolve(block)
+            launched = self._launch(parts) if parts else None
+            if in_flight is not None:
+                self._complete(in_flight)  # after the next batch is on its way
+            in_flight = launched
+            if in_flight is not None and self._finish_batch is None:
+                self._complete(in_flight)
+                in_flight = None
+
+    def _launch(self, parts: list[tuple[_Block, int, int]]) -> Optional[_Launched]:
+        # a block that failed in an earlier slice, or whose caller gave up on it, is not run
+        live = [(b, s, e) for b, s, e in parts if not b.failed and not b.future.cancelled()]
+        if not live:
+            return None
+        try:
+            x = np.concatenate([b.rows[s:e] for b, s, e in live]) if len(live) > 1 else live[0][0].rows[live[0][1]:live[0][2]]
+            started = time.perf_counter()
+            return _Launched(live, x.shape[0], self._run_batch(x), started)
+        except BaseException as exc:  # every caller in this batch hears of it; the thread lives on
+            self._fail_batch(live, exc)
+            return None
+
+    def _complete(self, launched: _Launched) -> None:
+        live = launched.live
+        try:
+            y = np.asarray(self._finish_batch(launched.handle) if self._finish_batch else launched.handle)
+            self.stats.busy_s += time.perf_counter() - launched.started
+            if y.shape[0] != launched.rows:
+                raise RuntimeError(f"the model returned {y.shape[0]} rows for a batch of {launched.rows}")
+        except BaseException as exc:
+            self._fail_batch(live, exc)
+            return
+        self.stats.batches += 1
+        self.stats.rows += y.shape[0]
+        log.debug("model batch of %d row%s from %d caller%s", y.shape[0], "" if y.shape[0] == 1 else "s",
+                  len(live), "" if len(live) == 1 else "s")
+        offset = 0
+        for block, s, e in live:
+            if block.out is None:
+                block.out = np.empty((block.rows.shape[0], *y.shape[1:]), dtype=y.dtype)
+            block.out[s:e] = y[offset:offset + e - s]
+            offset += e - s
+            block.done += e - s
+            if block.done == block.rows.shape[0]:
+                _resolve(block)
+
+    @staticmethod
+    def _fail_batch(live: list[tuple[_Block, int, int]], exc: BaseException) -> None:
+        log.debug("batch of %d rows failed", sum(e - s for _, s, e in live), exc_info=True)
+        for block, _, _ in live:
+            _fail(block, exc)
 
 
 def _resolve(block: _Block) -> None:

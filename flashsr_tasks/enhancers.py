@@ -26,12 +26,20 @@ class Enhancer(Protocol):
         ...
 
 
+class ModelRequired(RuntimeError):
+    """FLASHSR_REQUIRE_MODEL=1 and the model was wanted but cannot run: one sentence, for the user."""
+
+
 class Resampler:
-    """The CPU path: high-quality sinc resampling, no model."""
+    """The CPU path: high-quality sinc resampling, no model. `fallback_reason`: why the model
+    that was wanted is not running (None when resampling was the plan)."""
 
     method = "resample"
     model = None
     device = "cpu"
+
+    def __init__(self, fallback_reason: Optional[str] = None) -> None:
+        self.fallback_reason = fallback_reason
 
     def enhance(self, audio: np.ndarray, rate: int) -> np.ndarray:
         return to_output_rate(audio, rate)
@@ -49,23 +57,51 @@ MODEL_INSTALL = ("pip install torch==2.13.0 && pip install --no-deps polflashsr=
 MODEL_INSTALL_HINT = f"install the model stack from the repository's folder: {MODEL_INSTALL}"
 
 _fallback_warned = False
+_fallback_reason: Optional[str] = None
+_preloaded: dict[tuple[str, Optional[str]], Enhancer] = {}
+
+
+def fallback_reason() -> Optional[str]:
+    """Why this process resampled where the model was wanted (None if it never did)."""
+    return _fallback_reason
+
+
+def preload_model(device: str, model_dir: Optional[str]) -> None:
+    """Load the model now, before a run writes anything (strict mode), for `load_enhancer` to hand
+    out later; raises `ModelRequired` when it cannot run."""
+    _preloaded[(device, model_dir)] = load_enhancer(device, model_dir)
 
 
 def load_enhancer(device: str = "cuda", model_dir: Optional[str] = None) -> Enhancer:
-    """The model for `device` when wanted and loadable, else the resampler (with one warning)."""
-    global _fallback_warned
+    """The model for `device` when wanted and loadable, else the resampler (with one warning).
+    Under FLASHSR_REQUIRE_MODEL=1 a wanted model that cannot run (no GPU for a cuda device
+    included) raises `ModelRequired` instead."""
+    global _fallback_warned, _fallback_reason
+    if (device, model_dir) in _preloaded:
+        return _preloaded.pop((device, model_dir))
     if not wants_model(device, model_dir):
         return Resampler()
+    from flashsr_tasks.config import require_model
+
+    strict = require_model()
     try:
         from flashsr_tasks.model import ModelUnavailable, load_flashsr
     except ImportError as exc:  # torch or the FlashSR library is not installed
         reason = f"the FlashSR model is not installed ({exc}): {MODEL_INSTALL_HINT}"
     else:
-        try:
-            return load_flashsr(device=device, model_dir=model_dir)
-        except ModelUnavailable as exc:
-            reason = str(exc)
+        import torch
+
+        if strict and device.startswith("cuda") and not torch.cuda.is_available():
+            reason = f"--device {device} was asked for but no CUDA GPU is available"  # not minutes on the CPU
+        else:
+            try:
+                return load_flashsr(device=device, model_dir=model_dir)
+            except ModelUnavailable as exc:
+                reason = str(exc)
+    if strict:
+        raise ModelRequired(f"FLASHSR_REQUIRE_MODEL=1 and the FlashSR model cannot run: {reason}")
+    _fallback_reason = reason
     if not _fallback_warned:
         log.warning("FlashSR model unavailable, resampling instead: %s", reason)
         _fallback_warned = True
-    return Resampler()
+    return Resampler(fallback_reason=reason)

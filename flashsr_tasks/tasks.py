@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from celery import signals
 
@@ -77,11 +77,16 @@ def _forks(pool_cls: Any) -> bool:
     return isinstance(implementation, type) and issubclass(implementation, TaskPool)
 
 
+_forked_pool_process = False
+
+
 @signals.worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
     from flashsr_tasks import shutdown
 
     shutdown.install_in_pool_process()
+    global _forked_pool_process
+    _forked_pool_process = True
     if _serves_gpu:
         threading.Thread(target=gpu_enhancer, name="flashsr-model-load", daemon=True).start()
     else:
@@ -114,11 +119,29 @@ def _say_ready(sender: Any = None, **_: Any) -> None:
 
 
 def _load_gpu_model() -> Any:
-    from flashsr_tasks.enhancers import load_enhancer
+    from flashsr_tasks.enhancers import ModelRequired, load_enhancer
 
-    enhancer = load_enhancer(config.worker_device(), config.model_dir())
+    try:
+        enhancer = load_enhancer(config.worker_device(), config.model_dir())
+    except (ModelRequired, ValueError) as exc:  # ValueError: FLASHSR_REQUIRE_MODEL itself is not 1 or 0
+        _exit_worker(str(exc))
     log.info("gpu worker ready: method=%s device=%s", enhancer.method, enhancer.device)
     return enhancer
+
+
+def _exit_worker(sentence: str) -> NoReturn:
+    """Strict model mode: a gpu worker without its model stops at once, visibly to a supervisor
+    (status 3, one line on stderr), instead of serving resampled audio or tasks that fail.
+    A prefork pool process also stops its main process, which would otherwise fork another."""
+    import os
+    import signal
+    import sys
+
+    # sys.__stderr__: Celery redirects sys.stderr into its log
+    print(f"flashsr: error: {sentence}", file=sys.__stderr__, flush=True)
+    if _forked_pool_process:
+        os.kill(os.getppid(), signal.SIGQUIT)  # the main process's cold shutdown
+    os._exit(3)
 
 
 # This process's model, loaded once (the resampler when the model cannot load).

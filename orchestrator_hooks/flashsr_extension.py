@@ -81,6 +81,8 @@ class FlashSRExtension:
             checked_root = check_root(root)
         except PathRefused as exc:
             raise UsageError(f"{self.input}: {exc}") from None
+        if not self.broker:
+            _preload_if_required(self.device, self.model_dir)  # strict model mode: fail before anything is written
         job = Job(root=str(checked_root), device=self.device, model_dir=self.model_dir,
                   force=self.force, overwrite=self.overwrite, output_dir=self._checked_output_dir(check_root))
         summary = RunSummary(root=str(root), mode="distributed" if self.broker else "in-process",
@@ -130,6 +132,8 @@ class FlashSRExtension:
                         raise
                     # the journal keeps every record; the next run with room folds it
         summary.elapsed_s = round(time.perf_counter() - started, 3)
+        if job.device.startswith("cuda") and summary.methods.get("resample"):
+            summary.resampled_because = _fallback_reason(bool(self.broker))
         return summary
 
     def _checked_output_dir(self, check_root: Callable[..., Path]) -> Optional[str]:
@@ -178,6 +182,22 @@ def add_flashsr_arguments(parser: argparse.ArgumentParser) -> None:
                             "the stage's folder is only read (default: beside each source)")
     group.add_argument("--flashsr_broker", metavar="URL",
                        help="dispatch to Celery workers via this broker (default: $FLASHSR_BROKER_URL, else in-process)")
+
+
+def _preload_if_required(device: str, model_dir: Optional[str]) -> None:
+    from flashsr_tasks.config import require_model
+    from flashsr_tasks.enhancers import preload_model, wants_model
+
+    if wants_model(device, model_dir) and require_model():
+        preload_model(device, model_dir)
+
+
+def _fallback_reason(distributed: bool) -> str:
+    if distributed:
+        return "the gpu workers could not run the model (their logs say why; FLASHSR_REQUIRE_MODEL=1 stops them instead)"
+    from flashsr_tasks.enhancers import fallback_reason
+
+    return fallback_reason() or "the model could not run"
 
 
 def run_flashsr_if_requested(args: argparse.Namespace, stage_path: Union[str, os.PathLike]) -> Optional[RunSummary]:

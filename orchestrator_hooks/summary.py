@@ -25,6 +25,7 @@ class RunSummary:
     chords: int = 0         # chords sent (distributed)
     waited: bool = True     # False: sent with --no-wait, outcomes not collected
     output_dir: Optional[str] = None  # --output_dir: outputs and manifest.json are there
+    resampled_because: Optional[str] = None  # a cuda run resampled files: why the model did not run
 
     @property
     def ok(self) -> bool:
@@ -58,4 +59,5 @@ class RunSummary:
             + (f" ({methods})" if methods else "")
             + f", {self.skipped} skipped, {self.unselected} full-band, {self.failed} failed"
             + f" in {self.elapsed_s:.1f} s ({self.mode}); manifest: {self.output_dir or self.root}/manifest.json"
+            + (f"; resampled, not FlashSR: {self.resampled_because}" if self.resampled_because else "")
         )

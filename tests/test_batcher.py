@@ -162,3 +162,27 @@ def test_rows_of_a_cancelled_block_are_not_run() -> None:
         assert model.sizes == [1, 1]  # first and wanted; never the cancelled one
     finally:
         batcher.close()
+
+
+def test_with_finish_batch_the_next_batch_is_launched_before_the_previous_is_handed_back() -> None:
+    events: list[str] = []
+
+    def launch(x: np.ndarray) -> np.ndarray:
+        events.append(f"launch {int(x[0, 0])}")
+        return x * 2
+
+    def finish(handle: np.ndarray) -> np.ndarray:
+        events.append(f"finish {int(handle[0, 0]) // 2}")
+        return handle
+
+    batcher = Batcher(launch, max_rows=2, max_wait_s=0.5, finish_batch=finish)
+    try:
+        rows = np.arange(6, dtype=np.float32).reshape(6, 1)
+        out = batcher.submit(rows).result(timeout=10)  # three batches, all ready at once
+        np.testing.assert_array_equal(out, rows * 2)
+        assert events == ["launch 0", "launch 2", "finish 0", "launch 4", "finish 2", "finish 4"]
+        assert (batcher.stats.batches, batcher.stats.rows) == (3, 6)
+        # a lone batch with nothing behind it is finished at once, not held for a next one
+        assert batcher.submit(rows[:1]).result(timeout=10)[0, 0] == 0
+    finally:
+        batcher.close(timeout=5)

@@ -69,3 +69,31 @@ def test_gpu_pipeline_benchmark_prints_its_figures() -> None:
             assert files_per_s > 0 and 1 <= rows_per_pass <= 4 and 0 < busy <= 100 and cpu_ms > 0
         assert re.search(rf"# {corpus}: pipeline / today = [\d.]+x files/s", out)
     assert "warning" not in run.stderr  # every file was enhanced
+
+
+FIRST_RUN_KEYS = {"gpu", "flags", "precision", "weights", "model_ran", "batch_sizes", "audio_s_per_s", "peak_memory",
+                  "pipelined", "max_error_vs_fp32", "syncs_per_forward", "not_measured", "quick"}
+
+
+@pytest.mark.model
+def test_the_first_gpu_run_benchmark_runs_reduced_on_the_cpu(random_model_dir) -> None:
+    import json
+
+    run = subprocess.run(
+        [sys.executable, "benchmarks/gpu_first_run.py", "--device", "cpu", "--quick", "--json",
+         "--random-weights", str(random_model_dir)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    print(run.stdout)  # the figures, for pytest -s
+    result = json.loads(run.stdout)
+    assert set(result) == FIRST_RUN_KEYS
+    assert result["model_ran"] == {"method": "flashsr", "device": "cpu"} and result["weights"] == "random"
+    assert "not a GPU figure" in result["gpu"]["name"] and result["gpu"]["torch"] == __import__("torch").__version__
+    one = result["batch_sizes"]["1"]
+    assert set(one["stages"]) == {"vae_encode", "unet", "vae_decode", "vocoder"}
+    assert all(s["median_ms"] > 0 and s["p90_ms"] >= s["median_ms"] for s in one["stages"].values())
+    assert result["audio_s_per_s"]["best"] > 0 and result["peak_memory"]["rss_gib"] > 0
+    bf16 = result["max_error_vs_fp32"]["bf16_vocoder"]
+    assert 0 < bf16["max_diff_over_peak"] < 1 and bf16["snr_db"] > 0  # bf16 differs, but is the same audio
+    assert result["pipelined"]["gpu_busy_share"] is None and "pipelined" in result["not_measured"]

@@ -583,3 +583,14 @@ def test_rabbitmq_profile_makes_it_the_broker_with_results_in_redis(default_conf
     rabbit = services["rabbitmq"]
     assert "consumer_timeout 2700000" in rabbit["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
     assert all(p.get("host_ip") == "127.0.0.1" for p in rabbit["ports"])
+
+
+def test_the_gpu_image_runs_the_torch_release_the_tests_run() -> None:
+    gpu = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    image_torch = re.search(r"(?m)^ARG BASE_IMAGE=pytorch/pytorch:(\d+\.\d+\.\d+)-cuda", gpu).group(1)
+    ci_torch = re.search(r"pip install torch==(\d+\.\d+\.\d+)", (REPO / ".ci" / "run").read_text()).group(1)
+    assert image_torch == ci_torch
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        assert torch.__version__.split("+")[0] == ci_torch  # the release these tests run on

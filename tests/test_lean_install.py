@@ -77,8 +77,8 @@ def test_prune_removes_exactly_the_wheels_stray_files(tmp_path: Path):
 @pytest.mark.skipif(bool(model_extra_missing()), reason=model_extra_missing() or "installed")
 def test_the_library_never_imports_what_the_lean_install_leaves_out():
     code = ("import sys\n"
-            "from flashsr_tasks.model import _import_library\n"
-            "_import_library()\n"
+            "from flashsr_tasks.flashsr_library import import_library\n"
+            "import_library()\n"
             "from FlashSR import VAEWrapper; from FlashSR.SRVocoder import SRVocoder\n"
             "from TorchJaekwon.Model.Diffusion.DDPM.DDPM import DDPM\n"
             f"print(sorted(m for m in {NEVER_IMPORTED!r} if m in sys.modules))\n")

@@ -14,7 +14,7 @@ if model_extra_missing():
     pytest.skip(model_extra_missing(), allow_module_level=True)
 
 from flashsr_tasks.lowpass import find_cutoff_freq, lowpass_rows  # noqa: E402
-from flashsr_tasks.model import _import_library  # noqa: E402
+from flashsr_tasks.flashsr_library import import_library  # noqa: E402
 from flashsr_tasks.resample import to_output_rate  # noqa: E402
 from flashsr_tasks.windows import WINDOW  # noqa: E402
 
@@ -34,7 +34,7 @@ def windows() -> np.ndarray:
 
 
 def test_the_fast_lowpass_gives_the_librarys_output_with_less_cpu() -> None:
-    _, library_rows = _import_library()
+    _, library_rows = import_library()
     from FlashSR.Util.UtilAudioSR import UtilAudioSR
 
     x = windows()

@@ -74,7 +74,7 @@ def test_without_the_library_loading_is_model_unavailable(tmp_path: Path) -> Non
 def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path) -> None:
     """Upstream's FlashSR(student, vocoder, vae) and PyPI's FlashSR(…, device): both are built with
     every torch.load forced onto the CPU and to tensors only, whatever the library passes."""
-    from flashsr_tasks.model import _build
+    from flashsr_tasks.flashsr_library import build_model
     from flashsr_tasks.weights import weights_in_folder
 
     for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):
@@ -91,11 +91,11 @@ def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path) -> 
 
     weights = weights_in_folder(tmp_path)
     for cls in (Upstream, PyPI):
-        built = _build(cls, weights)
+        built = build_model(cls, weights)
         assert all(sd["w"].device.type == "cpu" for sd in built.loaded)  # map_location="cuda" overridden
     assert built.device == "cpu"
     assert torch.load is not None and torch.load.__name__ == "load"  # restored afterwards
 
     torch.save({"not": "tensors", "obj": Path("x")}, tmp_path / "student_ldm.pth")  # a pickled object
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
-        _build(Upstream, weights)
+        build_model(Upstream, weights)
