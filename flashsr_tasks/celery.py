@@ -63,9 +63,30 @@ def make_app(
         task_default_queue=CPU_QUEUE,
         task_routes={ENHANCE_TASK[GPU_QUEUE]: {"queue": GPU_QUEUE}, ENHANCE_TASK[CPU_QUEUE]: {"queue": CPU_QUEUE}},
         broker_connection_retry_on_startup=True,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A worker that loses the broker mid-task finishes the task and stores its result once
+        # Redis is back (cancelling it would turn a good file into a failed record).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        result_backend_always_retry=not collector,
+        result_backend_max_sleep_between_retries_ms=5000,
     )
+    if collector:
+        _bound_orchestrator_waits(app)
     return app
+
+
+def _bound_orchestrator_waits(app: Celery) -> None:
+    """The orchestrator's connections: a server that accepts a connection and never answers is an
+    error within seconds, and retries are the orchestrator's own (orchestrator_hooks.outage)."""
+    timeout = 5
+    app.conf.update(
+        broker_connection_timeout=timeout,
+        broker_connection_retry=False,
+        broker_transport_options={**app.conf.broker_transport_options,
+                                  "socket_timeout": timeout, "socket_connect_timeout": timeout},
+        redis_socket_timeout=timeout,
+        redis_socket_connect_timeout=timeout,
+        redis_retry_on_timeout=False,
+    )
 
 
 app = make_app(include_tasks=True)

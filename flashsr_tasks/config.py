@@ -61,3 +61,18 @@ def positive_int_env(name: str, default: int) -> int:
     if number <= 0:
         raise ValueError(f"{name} must be positive, not {value!r}")
     return number
+
+
+# A lost broker or result backend is waited for this long, mid-run, before the run gives up
+# (exit status 3): a Redis restart or failover takes seconds to a few minutes.
+DEFAULT_OUTAGE_BUDGET_S = 600
+
+
+def outage_budget_s() -> int:
+    """Seconds a run waits for a lost broker or result backend to come back."""
+    return positive_int_env("FLASHSR_OUTAGE_BUDGET_S", DEFAULT_OUTAGE_BUDGET_S)
+
+
+def give_up_after_s() -> Optional[int]:
+    """Seconds a waiting run goes on while no worker consumes its queue (None: wait for one)."""
+    return positive_int_env("FLASHSR_GIVE_UP_AFTER", 0) or None

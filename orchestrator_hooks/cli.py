@@ -7,7 +7,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from orchestrator_hooks import exit_status
 from orchestrator_hooks.flashsr_extension import FlashSRExtension, UsageError
+from orchestrator_hooks.outage import BrokerLost
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -43,7 +45,9 @@ examples:
   flashsr-enhance --input /data/stage --broker redis://:pw@localhost:6379/0 --json
 
 exit status: 0 every selected file enhanced or skipped; 1 some failed (the others are
-still done and recorded); 2 usage error.
+still done and recorded; also a run that no worker served for --give-up-after); 2 usage
+error; 3 could not run (broker unreachable, or lost for longer than FLASHSR_OUTAGE_BUDGET_S);
+130 interrupted.
 
 environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_CHORD_SIZE,
 FLASHSR_MAX_IN_FLIGHT, FLASHSR_MODEL_DIR,
@@ -79,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "workers journal each record, and manifest.json gets them at the next run")
     parser.add_argument("--processes", type=int, metavar="N",
                         help="in-process: resample on N processes (default: every core)")
+    parser.add_argument("--give-up-after", "--give_up_after", dest="give_up_after", type=float, metavar="SECONDS",
+                        help="with a broker: end the run (exit 1) once no worker has consumed its queue for "
+                             "SECONDS (default: $FLASHSR_GIVE_UP_AFTER, else keep waiting for one)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     return parser
@@ -95,6 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             output_root=args.input, device=args.device, model_dir=args.model_dir, force=args.force,
             overwrite=args.overwrite, broker=args.broker, wait=args.wait,
             progress=False if args.quiet else None, processes=args.processes, output_dir=args.output_dir,
+            give_up_after_s=args.give_up_after,
         )
         summary = extension.run()
     except UsageError as exc:
@@ -102,6 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("flashsr: interrupted; outputs written so far are complete, no partial file is left", file=sys.stderr)
         return 130
+    except BrokerLost as exc:  # unreachable at the start, or lost for longer than the outage budget
+        print(f"flashsr: error: {exc}", file=sys.stderr)
+        return exit_status.CANNOT_RUN
     except Exception as exc:  # broker unreachable, invalid manifest…: one sentence, not a traceback
         print(f"flashsr: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
