@@ -9,7 +9,7 @@ from typing import Optional
 
 from celery import Celery
 
-from flashsr_tasks import config
+from flashsr_tasks import config, kombu_fixes
 
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
@@ -27,8 +27,9 @@ def make_app(
     (flashsr_tasks.collector_backend)."""
     broker = broker or config.broker_url() or config.DEFAULT_BROKER_FOR_WORKERS
     backend = backend or config.result_backend(broker)
-    if collector and backend and backend.split("://", 1)[0] in ("redis", "rediss"):
-        backend = f"flashsr_tasks.collector_backend:CollectorRedisBackend+{backend}"
+    if backend and backend.split("://", 1)[0] in ("redis", "rediss"):
+        backend = (f"flashsr_tasks.collector_backend:CollectorRedisBackend+{backend}" if collector
+                   else f"flashsr_tasks.worker_backend:PatientRedisBackend+{backend}")
     app = Celery("flashsr_tasks", include=["flashsr_tasks.tasks"] if include_tasks else [])
     time_limit = config.task_time_limit_s()
     visibility = config.visibility_timeout_s()
@@ -63,9 +64,10 @@ def make_app(
         task_default_queue=CPU_QUEUE,
         task_routes={ENHANCE_TASK[GPU_QUEUE]: {"queue": GPU_QUEUE}, ENHANCE_TASK[CPU_QUEUE]: {"queue": CPU_QUEUE}},
         broker_connection_retry_on_startup=True,
-        # A worker that loses the broker mid-task finishes the task and stores its result once
-        # Redis is back (cancelling it would turn a good file into a failed record).
-        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A worker that loses the broker cancels its running tasks (kombu 5.7 cannot restore their
+        # messages while the broker is away, and the worker would stop); the orchestrator sends a
+        # file whose task was cancelled again (orchestrator_hooks.dispatch), so none is recorded failed.
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         result_backend_always_retry=not collector,
         result_backend_max_sleep_between_retries_ms=5000,
     )
@@ -89,4 +91,5 @@ def _bound_orchestrator_waits(app: Celery) -> None:
     )
 
 
+kombu_fixes.apply()  # workers survive losing Redis while they hold messages
 app = make_app(include_tasks=True)

@@ -138,9 +138,16 @@ def merge_into_manifest(outcomes: list[dict[str, Any]], root: str, run_id: Optio
 
 
 def _cancelled(run_id: Optional[str]) -> bool:
+    """Whether the task's run was interrupted; False while Redis is away (the work goes on, and its
+    result is stored once Redis is back)."""
+    import redis.exceptions
+
     from flashsr_tasks.cancellation import is_cancelled
 
-    return is_cancelled(getattr(app.backend, "client", None), run_id)
+    try:
+        return is_cancelled(getattr(app.backend, "client", None), run_id)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        return False
 
 
 def forget_results(celery_app: Any, task_ids: list[str]) -> None:

@@ -48,6 +48,14 @@ class RedisMessages:
         found |= _ids_in((value for _, value in self.client.hscan_iter("unacked", count=PAGE)), task_ids)
         return found
 
+    def drop_unacked(self, task_ids: set[str]) -> None:
+        """Remove the messages of tasks known to be over (cancelled) from `unacked`, where kombu would
+        otherwise hand them out again after the visibility timeout."""
+        tags = [tag for tag, value in self.client.hscan_iter("unacked", count=PAGE) if _ids_in([value], task_ids)]
+        if tags:
+            self.client.hdel("unacked", *tags)
+            self.client.zrem("unacked_index", *tags)
+
 
 def _ids_in(messages: Iterable[bytes], wanted: set[str]) -> set[str]:
     found = set()

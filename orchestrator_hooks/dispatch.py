@@ -52,7 +52,15 @@ MAX_POLL_S = 0.5
 # Connecting to and hearing from Redis: a server that accepts connections but never answers
 # is an error within this long, not a hang.
 SOCKET_TIMEOUT_S = 5
-_SUCCESS, _FAILURE = "SUCCESS", "FAILURE"
+_SUCCESS, _FAILURE, _REVOKED = "SUCCESS", "FAILURE", "REVOKED"
+_READY = (_SUCCESS, _FAILURE, _REVOKED)
+# A worker that loses the broker cancels its running tasks and marks them for a retry that
+# cannot come (it can no longer put their messages back): RETRY, for tasks that never retry.
+_RETRY = "RETRY"
+# A member that ended this way (or in RETRY) did not fail on its file: its worker lost the broker
+# (and cancelled it) or died. Its file is sent again, up to MAX_ATTEMPTS times in all, instead of being recorded failed.
+_NOT_THE_FILES_FAULT = ("TaskRevokedError", "WorkerLostError", "ConnectionError", "OperationalError")
+MAX_ATTEMPTS = 3
 
 
 def queue_for(device: str) -> str:
@@ -142,6 +150,8 @@ class _Run:
                                        lambda: self.outage.call(lambda: consumers_of(self.app, self.queue)))
         self.progress_at = time.monotonic()
         self._reported_at_last_look = 0
+        self._attempts: dict[str, int] = {}  # files sent more than once: how many times
+        self._retry: list[Todo] = []
 
     # sending
 
@@ -218,7 +228,7 @@ class _Run:
     def _try_collect(self, chord: _Chord) -> bool:
         if not chord.orphaned:
             meta = self.outage.call(lambda: self.backend.results_of([chord.callback_id])[0])
-            if meta is None or meta.get("status") not in (_SUCCESS, _FAILURE):
+            if meta is None or meta.get("status") not in _READY:
                 return False
             if meta["status"] == _SUCCESS:
                 self._report(chord, meta["result"]["outcomes"])
@@ -229,7 +239,10 @@ class _Run:
             # A member raised (a hard time limit), or the callback fired without some members
             # (a member delivered twice was counted twice): collect the rest one by one.
             self._orphan(chord)
-        return self.outage.call(lambda: self._collect_orphan(chord))
+        done = self.outage.call(lambda: self._collect_orphan(chord))
+        self._send_again(self._retry, "were cancelled on a worker that lost the broker or died")
+        self._retry = []
+        return done
 
     def _report(self, chord: _Chord, outcomes: list[Outcome]) -> None:
         """Report the callback's outcomes; the members they account for leave `chord.members`."""
@@ -253,11 +266,21 @@ class _Run:
 
         ids = list(chord.members)
         for task_id, meta in zip(ids, self.backend.results_of(ids)):
-            if meta is None or meta.get("status") not in (_SUCCESS, _FAILURE):
+            if meta is None or meta.get("status") not in (*_READY, _RETRY):
                 continue
             value = meta.get("result")
+            todo = chord.members[task_id]
             if meta["status"] == _SUCCESS and isinstance(value, dict) and "outcome" in value:
                 outcome = reported(value)
+            elif (meta["status"] == _RETRY or type(value).__name__ in _NOT_THE_FILES_FAULT) \
+                    and self._attempts.get(todo.source, 1) < MAX_ATTEMPTS:
+                self._attempts[todo.source] = self._attempts.get(todo.source, 1) + 1
+                self._retry.append(chord.members.pop(task_id))
+                self.in_flight -= 1
+                forget_results(self.app, [task_id])
+                if self.watchdog.messages is not None:  # its message, stranded in `unacked` until the visibility timeout
+                    self.watchdog.messages.drop_unacked({task_id})
+                continue
             else:
                 detail = f"{type(value).__name__}: {value}"
                 outcome = failed_outcome(chord.members[task_id].source, f"failed on its worker ({detail})")
@@ -315,14 +338,17 @@ class _Run:
                 for task_id in lost_members:
                     resend.append(chord.members.pop(task_id))
                     self.in_flight -= 1
-        if resend:
-            log.warning("%d files of this run were lost from the broker (a lost message or an emptied Redis); "
-                        "sending them again", len(resend))
-            for chunk in in_chunks(iter(resend), self.chord_size):
-                chord = self._publish(chunk)
-                self.window.append(chord)
-                self.in_flight += len(chunk)
-                self.sent += 1
+        self._send_again(resend, "were lost from the broker (a lost message or an emptied Redis)")
+
+    def _send_again(self, todos: list[Todo], why: str) -> None:
+        if not todos:
+            return
+        log.warning("%d files of this run %s; sending them again", len(todos), why)
+        for chunk in in_chunks(iter(todos), self.chord_size):
+            chord = self._publish(chunk)
+            self.window.append(chord)
+            self.in_flight += len(chunk)
+            self.sent += 1
 
     # ending
 
