@@ -240,6 +240,6 @@ def test_an_unreachable_broker_fails_fast_with_one_sentence(tmp_path):
     root = stage_folder(tmp_path / "stage")
     started = time.monotonic()
     result = enhance("--input", str(root), "--device", "cpu", "--broker", f"redis://:s3cret@127.0.0.1:{port}/0")
-    assert result.returncode == 1 and time.monotonic() - started < 15
+    assert result.returncode == 3 and time.monotonic() - started < 15
     assert "cannot reach the broker" in result.stderr and "s3cret" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (root / "manifest.json").exists()
