@@ -69,3 +69,18 @@ def test_gpu_pipeline_benchmark_prints_its_figures() -> None:
             assert files_per_s > 0 and 1 <= rows_per_pass <= 4 and 0 < busy <= 100 and cpu_ms > 0
         assert re.search(rf"# {corpus}: pipeline / today = [\d.]+x files/s", out)
     assert "warning" not in run.stderr  # every file was enhanced
+
+
+def test_faults_benchmark_prints_its_table() -> None:
+    run = subprocess.run([sys.executable, "benchmarks/faults.py", "--quick"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.count(" | ") == 10][1:]
+    assert len(rows) == 3, run.stdout
+    by_fault = {row[0]: row for row in rows}
+    outage = by_fault["Redis (AOF) killed while waiting, 5 s outage"]
+    lost = by_fault["a message popped the instant Redis died"]
+    for row in (outage, lost):  # exit 0, every source one ok record, nothing else, no traceback
+        assert row[1] == "0" and row[4] == "20" and row[5:10] == ["0", "0", "0", "0", "0"], row
+    silent = by_fault["a port that accepts TCP but never answers"]
+    assert silent[1] == "3" and float(silent[2]) < 20 and silent[9] == "0", silent
