@@ -15,6 +15,7 @@ Only the Redis broker can be looked into; RabbitMQ does not lose a message it ha
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Iterable, Optional
 
 # Seconds between looks: a lost member is sent again 2-3 looks after it was lost.
@@ -35,9 +36,20 @@ class RedisMessages:
         self.client = client
         self.queue = queue
 
+    def _keys(self) -> list[str]:
+        return [self.queue, *(f"{self.queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]
+
+    def count(self) -> int:
+        """Messages queued (every priority) and delivered but unacknowledged, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in self._keys():
+                pipe.llen(key)
+            pipe.hlen("unacked")
+            return sum(pipe.execute())
+
     def held(self, task_ids: set[str]) -> set[str]:
         found: set[str] = set()
-        for key in [self.queue, *(f"{self.queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]:
+        for key in self._keys():
             start = 0
             while True:
                 page = self.client.lrange(key, start, start + PAGE - 1)
@@ -68,17 +80,29 @@ def _ids_in(messages: Iterable[bytes], wanted: set[str]) -> set[str]:
 
 
 class Watchdog:
-    """Two looks in a row: the ids that nobody held at both."""
+    """Two looks in a row: the ids that nobody held at both.
+
+    Reading the queue costs a pass over its messages, so a look reads it only when Redis holds
+    fewer messages (queued and unacknowledged) than the run waits for, which is certain when
+    one of its own is gone, or when it last read it `FULL_LOOK_S` ago (other runs' messages
+    in the same queue can hide a lost one from the count)."""
+
+    FULL_LOOK_S = 60.0
 
     def __init__(self, messages: Optional[RedisMessages]) -> None:
         self.messages = messages
         self._absent_before: set[str] = set()
+        self._read_at = float("-inf")
 
     def lost(self, waiting: set[str]) -> set[str]:
         """Of `waiting` (ids with no result yet), those held by nobody at this look and the last."""
         if self.messages is None or not waiting:
             self._absent_before = set()
             return set()
+        now = time.monotonic()
+        if self.messages.count() >= len(waiting) and now - self._read_at < self.FULL_LOOK_S:
+            return set()
+        self._read_at = now
         absent = waiting - self.messages.held(waiting)
         lost = absent & self._absent_before
         self._absent_before = absent - lost
