@@ -221,7 +221,7 @@ class _Run:
                 next_look = time.monotonic() + INTERVAL_S
                 self.listeners.check(self.progress_at)
             time.sleep(poll)
-            poll = min(MAX_POLL_S, poll * 2)
+            poll = min(MAX_POLL_S, poll * 1.5)
         self.window.popleft()
         self.progress_at = time.monotonic()
 
