@@ -77,6 +77,7 @@ class _Chord:
     orphaned: bool = False     # the callback cannot fire: members are collected one by one
     outcomes: list[Outcome] = field(default_factory=list)  # an orphan's members collected so far
     records_pending: bool = False  # an orphan's outcomes not yet journaled
+    collected_ids: set[str] = field(default_factory=set)  # an orphan's members collected so far
 
 
 def run_distributed(
@@ -285,11 +286,16 @@ class _Run:
                 detail = f"{type(value).__name__}: {value}"
                 outcome = failed_outcome(chord.members[task_id].source, f"failed on its worker ({detail})")
             chord.outcomes.append(outcome)
+            chord.collected_ids.add(task_id)
             chord.members.pop(task_id)
             chord.records_pending = True
             forget_results(self.app, [task_id])
         if chord.members:
             return False
+        if chord.records_pending and self.watchdog.messages is not None and chord.collected_ids:
+            # A worker that lost the broker could not acknowledge some of these: their messages would
+            # be handed out again after the visibility timeout, hours later, for nothing.
+            self.watchdog.messages.drop_unacked(chord.collected_ids)
         if chord.records_pending:
             append_records(self.job.manifest_root, [o["record"] for o in chord.outcomes if o.get("record")], sync=True)
             chord.records_pending = False
@@ -319,6 +325,9 @@ class _Run:
             if chord.orphaned:
                 waiting.update(i for i, h in zip(ids, have) if not h)
             elif ids and all(have):
+                if self._cancelled_member(ids):  # the callback cannot fire: collect the chord now
+                    self._orphan(chord)
+                    continue
                 waiting.add(chord.callback_id)  # every member reported: the callback is queued, running or lost
             else:
                 waiting.update(i for i, h in zip(ids, have) if not h)
@@ -339,6 +348,10 @@ class _Run:
                     resend.append(chord.members.pop(task_id))
                     self.in_flight -= 1
         self._send_again(resend, "were lost from the broker (a lost message or an emptied Redis)")
+
+    def _cancelled_member(self, ids: list[str]) -> bool:
+        """Whether a member was cancelled by a worker that lost the broker (it never counts for the chord)."""
+        return any((meta or {}).get("status") in (_RETRY, _REVOKED) for meta in self.backend.results_of(ids))
 
     def _send_again(self, todos: list[Todo], why: str) -> None:
         if not todos:
