@@ -167,17 +167,18 @@ def redis_outage(aof: bool, outage_s: float, while_sending: bool) -> Callable[[S
         stage.write_calls()
         client = stage.redis.client()
         started = time.monotonic()
-        run = stage.command(FLASHSR_MAX_IN_FLIGHT="100000" if while_sending else "")
-        if while_sending:  # the first chords are out, more are being sent
-            wait_for(lambda: client.exists("cpu") or outputs(stage) > 0, 60)
+        # while sending: chords of 10 files, all sent at once, so sending lasts; Redis dies at the first message
+        run = stage.command(**(dict(FLASHSR_CHORD_SIZE="10", FLASHSR_MAX_IN_FLIGHT="100000") if while_sending else {}))
+        if while_sending:
+            wait_for(lambda: client.exists("cpu", "unacked") > 0, 60)
         else:  # files in every state: done, running, queued
             wait_for(lambda: outputs(stage) >= stage.files // 4, 120)
-        time.sleep(1.1 if aof else 0)  # appendfsync everysec
+            time.sleep(1.1 if aof else 0)  # appendfsync everysec
         stage.fault()
         stage.redis.kill()
         time.sleep(outage_s)
         stage.redis.restart()
-        return finish(stage, "", run, started)
+        return finish(stage, "", run, started, note=f"{outage_s:g} s without Redis")
     return fault
 
 
@@ -399,7 +400,7 @@ FAULTS: dict[str, tuple[str, Callable[[Stage], Result]]] = {
     "empty": ("Redis without persistence restarted empty mid-run", redis_outage(False, 1, False)),
     "lost-message": ("a message popped the instant Redis died", lost_message),
     "silent-port": ("a port that accepts TCP but never answers", silent_port),
-    "nobody": ("no worker on the queue; workers start 40 s later", nobody_listening),
+    "nobody": ("no worker on the queue; workers start after the notice", nobody_listening),
     "give-up": ("no worker on the queue, --give-up-after 20", give_up),
     "sigkill": ("a worker killed (SIGKILL), default settings", worker_sigkill),
     "sigterm": ("a worker sent SIGTERM mid-task, SIGKILL 10 s later", worker_sigterm_mid_task),
