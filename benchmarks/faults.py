@@ -138,21 +138,25 @@ def finish(stage: Stage, fault: str, run: subprocess.Popen, started: float, cap:
 
 def count_records(stage: Stage, result: Result) -> None:
     sources = {str(p.relative_to(stage.root)) for p in stage.root.rglob("call_*.wav") if "_flashsr" not in p.name}
-    entries: list[dict] = []
     manifest = stage.root / "manifest.json"
-    if manifest.exists():
-        entries += json.loads(manifest.read_text()).get("enhancements", [])
-    journal = stage.root / ".manifest.json.journal"
-    if journal.exists():  # a run killed before folding: what the next run folds in
-        entries += [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
-    ok: dict[str, int] = {}
+    entries = json.loads(manifest.read_text()).get("enhancements", []) if manifest.exists() else []
+    records: dict[str, list[dict]] = {}
     for entry in entries:
-        if entry.get("type") != "flashsr":
-            continue
-        if entry["status"] == "ok":
-            ok[entry["source"]] = ok.get(entry["source"], 0) + 1
-        else:
-            result.falsely_failed += 1
+        if entry.get("type") == "flashsr":
+            records.setdefault(entry["source"], []).append(entry)
+    journal = stage.root / ".manifest.json.journal"
+    if journal.exists():  # written after the last fold: the next run folds it in, its last record per source wins
+        for line in journal.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                records[entry["source"]] = [entry]
+    ok: dict[str, int] = {}
+    for source, kept in records.items():
+        for entry in kept:
+            if entry["status"] == "ok":
+                ok[source] = ok.get(source, 0) + 1
+            else:
+                result.falsely_failed += 1
     result.ok = sum(1 for s in sources if ok.get(s) == 1)
     result.missing = sum(1 for s in sources if s not in ok)
     result.duplicated = sum(1 for s in sources if ok.get(s, 0) > 1)
