@@ -320,7 +320,14 @@ class _Run:
         reported = 0
         for chord in self.window:
             ids = list(chord.members)
+            if not chord.orphaned:
+                ids.append(chord.callback_id)
             have = self.backend.have_results(ids) if ids else []
+            if not chord.orphaned:
+                ids.pop()
+                if have.pop():  # done, not yet collected (only the head is): its callback deleted its members' results
+                    reported += len(ids)
+                    continue
             reported += sum(have)
             if chord.orphaned:
                 waiting.update(i for i, h in zip(ids, have) if not h)
