@@ -237,3 +237,27 @@ def test_clean_exits_no_subscriptions_and_the_keys_left(tmp_path, logdir, starte
     run = cli(root, server.url, "--no-wait", stderr=errors)
     run.communicate(timeout=60)
     assert run.returncode == 0 and errors.read_text() == "", errors.read_text()
+
+
+def test_finished_chords_behind_a_slow_head_are_not_taken_for_lost(tmp_path, logdir, started, caplog, monkeypatch):
+    """Only the oldest chord is collected; the ones behind it finish meanwhile and their callbacks
+    delete their members' results. The watchdog must not mistake those members for lost ones."""
+    server = start_redis(tmp_path / "redis")
+    started.append(server)
+    worker = start_worker("cpu", server.url, logdir, concurrency=2)
+    started.append(worker)
+    root = tmp_path / "stage"
+    names = calls(root, 6)
+    fifo = hanging_source(root, "a_hang.wav")  # found first: a member of the oldest chord
+    monkeypatch.setenv("FLASHSR_CHORD_SIZE", "2")
+    done: dict = {}
+    thread = threading.Thread(target=lambda: done.update(s=FlashSRExtension(
+        root, device="cpu", broker=server.url, progress=False).run()), daemon=True)
+    thread.start()
+    wait_for(lambda: len(list(root.glob("*_flashsr.wav"))) == 6, 60, "the chords behind the head")
+    time.sleep(12)  # two looks of the watchdog at least
+    let_through(fifo)
+    thread.join(60)
+    assert done["s"].enhanced == 7
+    assert "sending them again" not in caplog.text
+    one_ok_record_each(root, [*names, "a_hang.wav"])
