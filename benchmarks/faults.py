@@ -353,10 +353,12 @@ def _count_output_dir(stage: Stage, sources_root: Path, out: Path, result: Resul
 
 
 def ctrl_c_then_again(stage: Stage) -> Result:
-    stage.start()
+    """Ten times the files and one worker, so that the run lasts long enough to be interrupted."""
+    stage.files *= 10
+    stage.start(workers=1)
     stage.write_calls()
     started = time.monotonic()
-    run = stage.command()
+    run = stage.command(FLASHSR_CHORD_SIZE="20")
     wait_for(lambda: outputs(stage) >= stage.files // 4, 120)
     stage.fault()
     run.send_signal(signal.SIGINT)
