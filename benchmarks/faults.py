@@ -90,7 +90,7 @@ class Stage:
         self.stderr = self.tmp / f"stderr-{time.monotonic_ns()}"
         return subprocess.Popen([sys.executable, "-m", "orchestrator_hooks.flashsr_extension", "--input",
                                  str(self.root), "--device", "cpu", "--quiet", *args], cwd=REPO, env=full,
-                                stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"))
+                                stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"), preexec_fn=_hear_ctrl_c)
 
     def fault(self) -> None:
         self.fault_at = time.monotonic()
@@ -100,6 +100,11 @@ class Stage:
             worker.kill()
         if self.redis is not None:
             self.redis.kill()
+
+
+def _hear_ctrl_c() -> None:
+    """A benchmark started in the background (`… &`) ignores SIGINT, and so would its runs."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
