@@ -9,7 +9,7 @@ from typing import Optional
 
 from celery import Celery
 
-from flashsr_tasks import config
+from flashsr_tasks import config, kombu_fixes
 
 GPU_QUEUE = "gpu"
 CPU_QUEUE = "cpu"
@@ -27,8 +27,9 @@ def make_app(
     (flashsr_tasks.collector_backend)."""
     broker = broker or config.broker_url() or config.DEFAULT_BROKER_FOR_WORKERS
     backend = backend or config.result_backend(broker)
-    if collector and backend and backend.split("://", 1)[0] in ("redis", "rediss"):
-        backend = f"flashsr_tasks.collector_backend:CollectorRedisBackend+{backend}"
+    if backend and backend.split("://", 1)[0] in ("redis", "rediss"):
+        backend = (f"flashsr_tasks.collector_backend:CollectorRedisBackend+{backend}" if collector
+                   else f"flashsr_tasks.worker_backend:PatientRedisBackend+{backend}")
     app = Celery("flashsr_tasks", include=["flashsr_tasks.tasks"] if include_tasks else [])
     time_limit = config.task_time_limit_s()
     visibility = config.visibility_timeout_s()
@@ -63,16 +64,39 @@ def make_app(
         task_default_queue=CPU_QUEUE,
         task_routes={ENHANCE_TASK[GPU_QUEUE]: {"queue": GPU_QUEUE}, ENHANCE_TASK[CPU_QUEUE]: {"queue": CPU_QUEUE}},
         broker_connection_retry_on_startup=True,
+        # A worker that loses the broker cancels its running tasks (kombu 5.7 cannot restore their
+        # messages while the broker is away, and the worker would stop); the orchestrator sends a
+        # file whose task was cancelled again (orchestrator_hooks.dispatch), so none is recorded failed.
         worker_cancel_long_running_tasks_on_connection_loss=True,
         # SIGTERM (a preemption notice, docker stop): the tasks running go on for the grace, then
         # whatever is unfinished goes back to the broker at once (tasks.py makes SIGTERM the cold
         # shutdown that does this). Measured in docs/workers.md.
         worker_soft_shutdown_timeout=float(config.shutdown_grace_s()),
+        result_backend_always_retry=not collector,
+        result_backend_max_sleep_between_retries_ms=5000,
     )
     if config.quorum_queues() and broker.split("://", 1)[0].startswith("amqp"):
         # Celery then uses per-consumer prefetch, which quorum queues need (worker_detect_quorum_queues).
         app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
+    if collector:
+        _bound_orchestrator_waits(app)
     return app
 
 
+def _bound_orchestrator_waits(app: Celery) -> None:
+    """The orchestrator's connections: a server that accepts a connection and never answers is an
+    error within seconds, and retries are the orchestrator's own (orchestrator_hooks.outage)."""
+    timeout = 5
+    app.conf.update(
+        broker_connection_timeout=timeout,
+        broker_connection_retry=False,
+        broker_transport_options={**app.conf.broker_transport_options,
+                                  "socket_timeout": timeout, "socket_connect_timeout": timeout},
+        redis_socket_timeout=timeout,
+        redis_socket_connect_timeout=timeout,
+        redis_retry_on_timeout=False,
+    )
+
+
+kombu_fixes.apply()  # workers survive losing Redis while they hold messages
 app = make_app(include_tasks=True)

@@ -199,3 +199,18 @@ def compile_vocoder() -> bool:
     """FLASHSR_COMPILE_VOCODER=1: torch.compile the SR vocoder (static shapes; the first batch of
     each shape compiles for a minute or more). Default 0."""
     return bool_env("FLASHSR_COMPILE_VOCODER", False)
+
+
+# A lost broker or result backend is waited for this long, mid-run, before the run gives up
+# (exit status 3): a Redis restart or failover takes seconds to a few minutes.
+DEFAULT_OUTAGE_BUDGET_S = 600
+
+
+def outage_budget_s() -> int:
+    """Seconds a run waits for a lost broker or result backend to come back."""
+    return positive_int_env("FLASHSR_OUTAGE_BUDGET_S", DEFAULT_OUTAGE_BUDGET_S)
+
+
+def give_up_after_s() -> Optional[int]:
+    """Seconds a waiting run goes on while no worker consumes its queue (None: wait for one)."""
+    return positive_int_env("FLASHSR_GIVE_UP_AFTER", 0) or None

@@ -20,6 +20,7 @@ class Job:
     force: bool = False
     overwrite: bool = False
     output_dir: Optional[str] = None  # outputs, manifest.json and its lock go here; None: the root
+    run_id: Optional[str] = None  # distributed: names the run's cancellation mark (flashsr_tasks.cancellation)
 
     @property
     def manifest_root(self) -> Path:

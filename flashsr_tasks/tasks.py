@@ -17,8 +17,10 @@ import threading
 from typing import Any, NoReturn, Optional
 
 from celery import signals
+from celery.exceptions import Ignore
 
 from flashsr_tasks import config
+from flashsr_tasks.job import Job
 from flashsr_tasks.celery import CPU_QUEUE, ENHANCE_TASK, GPU_QUEUE, MERGE_TASK, app
 from flashsr_tasks.lazy import LazyEnhancer
 
@@ -150,9 +152,16 @@ gpu_enhancer = LazyEnhancer(_load_gpu_model)
 
 def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any) -> dict[str, Any]:
     # Imported here so an idle worker's processes stay small.
-    from flashsr_tasks.worker_side import enhance_one
+    from flashsr_tasks.worker_side import enhance_one, journal_outcomes
 
+    run_id = job.get("run_id")
+    if _cancelled(run_id):
+        raise Ignore()  # an interrupted run: do nothing, store nothing
     outcome = enhance_one(job, source, known_sha256, enhancer_for)
+    if _cancelled(run_id):
+        # Interrupted while this file was being done: nobody collects its chord, so keep its record here.
+        journal_outcomes([outcome], str(Job.from_dict(job).manifest_root))
+        raise Ignore()
     # The chord callback deletes its members' results by these ids once it has journaled them.
     outcome["task_id"] = task.request.id
     return outcome
@@ -171,15 +180,31 @@ def enhance_cpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optio
 
 
 @app.task(name=MERGE_TASK)
-def merge_into_manifest(outcomes: list[dict[str, Any]], root: str) -> dict[str, Any]:
+def merge_into_manifest(outcomes: list[dict[str, Any]], root: str, run_id: Optional[str] = None) -> dict[str, Any]:
     """The chord callback: its members' records into the root's journal (folded into manifest.json
     by the orchestrator at the end of the run, or by any later run), then their results out of
-    the result backend. Returns the members' outcomes, for the orchestrator's progress and summary."""
+    the result backend. Returns the members' outcomes, for the orchestrator's progress and summary
+    (nothing for an interrupted run: nobody will collect it)."""
     from flashsr_tasks.worker_side import journal_outcomes
 
     reported = journal_outcomes(outcomes, root)
     forget_results(app, [o["task_id"] for o in outcomes if o.get("task_id")])
+    if _cancelled(run_id):
+        raise Ignore()
     return {"outcomes": reported}
+
+
+def _cancelled(run_id: Optional[str]) -> bool:
+    """Whether the task's run was interrupted; False while Redis is away (the work goes on, and its
+    result is stored once Redis is back)."""
+    import redis.exceptions
+
+    from flashsr_tasks.cancellation import is_cancelled
+
+    try:
+        return is_cancelled(getattr(app.backend, "client", None), run_id)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        return False
 
 
 def forget_results(celery_app: Any, task_ids: list[str]) -> None:

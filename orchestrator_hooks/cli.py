@@ -43,8 +43,9 @@ examples:
   flashsr-enhance --input /data/stage --broker redis://:pw@localhost:6379/0 --json
 
 exit status: 0 every selected file enhanced or skipped; 1 some files failed (the others
-are still done and recorded); 2 usage error; 3 could not run at all (broker unreachable,
-invalid manifest.json); 130 interrupted (the same command resumes).
+are still done and recorded; also a run that no worker served for --give-up-after); 2 usage
+error; 3 could not run at all (broker unreachable, or lost for longer than
+FLASHSR_OUTAGE_BUDGET_S; invalid manifest.json); 130 interrupted (the same command resumes).
 
 Every option also takes its underscored spelling (--output_dir, --model_dir, --no_wait).
 
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "workers journal each record, and manifest.json gets them at the next run")
     parser.add_argument("--processes", type=int, metavar="N",
                         help="in-process: resample on N processes (default: every core)")
+    parser.add_argument("--give-up-after", "--give_up_after", dest="give_up_after", type=float, metavar="SECONDS",
+                        help="with a broker: end the run (exit 1) once no worker has consumed its queue for "
+                             "SECONDS (default: $FLASHSR_GIVE_UP_AFTER, else keep waiting for one)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -108,6 +112,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             output_root=args.input, device=args.device, model_dir=args.model_dir, force=args.force,
             overwrite=args.overwrite, broker=args.broker, wait=args.wait,
             progress=False if args.quiet else None, processes=args.processes, output_dir=args.output_dir,
+            give_up_after_s=args.give_up_after,
         )
         summary = extension.run()
     except UsageError as exc:

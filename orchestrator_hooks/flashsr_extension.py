@@ -50,6 +50,7 @@ class FlashSRExtension:
         progress: Optional[bool] = None,
         processes: Optional[int] = None,
         output_dir: Optional[Union[str, os.PathLike]] = None,
+        give_up_after_s: Optional[float] = None,
     ) -> None:
         if not _DEVICE.match(device or ""):
             raise UsageError(f"--device must be cpu, cuda or cuda:N, not {device!r}")
@@ -67,6 +68,8 @@ class FlashSRExtension:
         self.progress = progress
         self.processes = processes
         self.output_dir = Path(output_dir) if output_dir else None
+        # With a broker: end the run once no worker has consumed its queue this long (None: wait).
+        self.give_up_after_s = give_up_after_s
 
     def run(self, on_outcome: Optional[Callable[[dict[str, Any]], None]] = None) -> RunSummary:
         from flashsr_tasks.disk_full import DiskFull, is_disk_full
@@ -112,7 +115,10 @@ class FlashSRExtension:
             if self.broker:
                 from orchestrator_hooks.dispatch import run_distributed
 
-                summary.chords = run_distributed(job, work, self.broker, self.wait, collect)
+                from flashsr_tasks.config import give_up_after_s
+
+                summary.chords = run_distributed(job, work, self.broker, self.wait, collect,
+                                                 give_up_after_s=self.give_up_after_s or give_up_after_s())
                 summary.waited = self.wait
             else:
                 from flashsr_tasks.runner import run_in_process

@@ -30,6 +30,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen
     password: Optional[str] = None
+    args: Sequence[str] = ()  # the command line, to start it again on the same port (restart)
 
     @property
     def url(self) -> str:
@@ -42,28 +43,49 @@ class RedisServer:
     def stop(self) -> None:
         stop_process(self.process)
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, no chance to save anything (with AOF, what was fsynced survives)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
 
-def start_redis(workdir: Path, password: Optional[str] = None, extra: Sequence[str] = ()) -> RedisServer:
+    def restart(self, timeout: float = 20) -> None:
+        """Start it again on the same port, from what its folder holds (empty without persistence)."""
+        self.kill()
+        self.process = subprocess.Popen(list(self.args), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        _wait_until_up(self, timeout)
+
+
+def start_redis(workdir: Path, password: Optional[str] = None, extra: Sequence[str] = (),
+                aof: bool = False) -> RedisServer:
+    """`aof`: append-only file on, fsynced every second, as docker-compose.yml runs it."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server); the tests need a real one")
     port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    workdir.mkdir(parents=True, exist_ok=True)
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if aof else "no", "--appendfsync", "everysec",
             "--dir", str(workdir), "--maxmemory-policy", "noeviction", *extra]
     if password:
         args += ["--requirepass", password]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    server = RedisServer(port=port, process=process, password=password)
-    deadline = time.monotonic() + 10
+    server = RedisServer(port=port, process=process, password=password, args=args)
+    _wait_until_up(server, 10)
+    return server
+
+
+def _wait_until_up(server: RedisServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if server.client().ping():
-                return server
-        except redis.exceptions.ConnectionError:
+                return
+        except redis.exceptions.ConnectionError:  # refused, or still loading its AOF
             pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process)
-            raise RuntimeError(f"redis-server did not start on port {port}")
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            stop_process(server.process)
+            raise RuntimeError(f"redis-server did not start on port {server.port}")
         time.sleep(0.05)
 
 

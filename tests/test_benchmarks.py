@@ -97,3 +97,18 @@ def test_the_first_gpu_run_benchmark_runs_reduced_on_the_cpu(random_model_dir) -
     bf16 = result["max_error_vs_fp32"]["bf16_vocoder"]
     assert 0 < bf16["max_diff_over_peak"] < 1 and bf16["snr_db"] > 0  # bf16 differs, but is the same audio
     assert result["pipelined"]["gpu_busy_share"] is None and "pipelined" in result["not_measured"]
+
+
+def test_faults_benchmark_prints_its_table() -> None:
+    run = subprocess.run([sys.executable, "benchmarks/faults.py", "--quick"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split(" | ") for line in run.stdout.splitlines() if line.count(" | ") == 10][1:]
+    assert len(rows) == 3, run.stdout
+    by_fault = {row[0]: row for row in rows}
+    outage = by_fault["Redis (AOF) killed while waiting, 5 s outage"]
+    lost = by_fault["a message popped the instant Redis died"]
+    for row in (outage, lost):  # exit 0, every source one ok record, nothing else, no traceback
+        assert row[1] == "0" and row[4] == "20" and row[5:10] == ["0", "0", "0", "0", "0"], row
+    silent = by_fault["a port that accepts TCP but never answers"]
+    assert silent[1] == "3" and float(silent[2]) < 20 and silent[9] == "0", silent
