@@ -74,19 +74,14 @@ def keep_input_band() -> bool:
     """FLASHSR_KEEP_INPUT_BAND=1: the output below the input's band edge is the input's own
     content, the model's only above it (flashsr_tasks.band_keeping). Off by default: FlashSR's
     own output is what its authors evaluated."""
-    value = os.environ.get("FLASHSR_KEEP_INPUT_BAND", "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"FLASHSR_KEEP_INPUT_BAND must be 1 or 0, not {value!r}")
+    return bool_env("FLASHSR_KEEP_INPUT_BAND", False)
 
 
 def quorum_queues() -> bool:
     """`FLASHSR_QUORUM_QUEUES=1`: on RabbitMQ, declare the gpu and cpu queues as quorum queues
     (replicated over a cluster, they survive the loss of a node). An existing classic queue of
     the same name must be deleted first: RabbitMQ refuses to change a queue's type."""
-    return os.environ.get("FLASHSR_QUORUM_QUEUES", "") == "1"
+    return bool_env("FLASHSR_QUORUM_QUEUES", False)
 
 
 # Selection's cliff (flashsr_tasks.selection, docs/selection.md): how far everything above a
