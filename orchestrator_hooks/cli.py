@@ -43,7 +43,8 @@ examples:
   flashsr-enhance --input /data/stage --broker redis://:pw@localhost:6379/0 --json
 
 exit status: 0 every selected file enhanced or skipped; 1 some files failed (the others
-are still done and recorded; also a run that no worker served for --give-up-after); 2 usage
+are still done and recorded; also a full disk, and a run that no worker served for
+--give-up-after); 2 usage
 error; 3 could not run at all (broker unreachable, or lost for longer than
 FLASHSR_OUTAGE_BUDGET_S; invalid manifest.json); 130 interrupted (the same command resumes).
 
@@ -52,7 +53,8 @@ Every option also takes its underscored spelling (--output_dir, --model_dir, --n
 environment: FLASHSR_BROKER_URL, FLASHSR_RESULT_BACKEND, FLASHSR_CHORD_SIZE,
 FLASHSR_MAX_IN_FLIGHT, FLASHSR_MODEL_DIR,
 FLASHSR_CACHE_DIR, FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REPO_TYPE, FLASHSR_WEIGHTS_REVISION,
-FLASHSR_ALLOWED_ROOTS, HF_HUB_OFFLINE, HF_TOKEN
+FLASHSR_ALLOWED_ROOTS, FLASHSR_OUTAGE_BUDGET_S, FLASHSR_GIVE_UP_AFTER, FLASHSR_BAND_DROP_DB,
+FLASHSR_KEEP_INPUT_BAND, FLASHSR_REQUIRE_MODEL, HF_HUB_OFFLINE, HF_TOKEN
 (see README.md)."""
 
 
