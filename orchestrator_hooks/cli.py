@@ -44,9 +44,9 @@ examples:
 
 exit status: 0 every selected file enhanced or skipped; 1 some files failed (the others
 are still done and recorded; also a full disk, and a run that no worker served for
---give-up-after); 2 usage
-error; 3 could not run at all (broker unreachable, or lost for longer than
-FLASHSR_OUTAGE_BUDGET_S; invalid manifest.json); 130 interrupted (the same command resumes).
+--give-up-after); 2 usage error; 3 could not run at all (broker unreachable, or lost for
+longer than FLASHSR_OUTAGE_BUDGET_S; invalid manifest.json; FLASHSR_REQUIRE_MODEL=1 and no
+model); 130 interrupted (the same command resumes).
 
 Every option also takes its underscored spelling (--output_dir, --model_dir, --no_wait).
 
