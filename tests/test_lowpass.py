@@ -43,12 +43,15 @@ def test_the_fast_lowpass_gives_the_librarys_output_with_less_cpu() -> None:
     assert cutoffs == library_cutoffs
     assert len(set(cutoffs)) >= 5  # many different filters were compared
     lowpass_rows(x)  # filters designed once
-    started = time.process_time()
-    expected = library_rows(torch.from_numpy(x)).numpy()
-    library_cpu = time.process_time() - started
-    started = time.process_time()
-    got = lowpass_rows(x)
-    fast_cpu = time.process_time() - started
+    # The least CPU of three interleaved rounds each: a shared machine's noise only ever adds.
+    library_cpu = fast_cpu = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        expected = library_rows(torch.from_numpy(x)).numpy()
+        library_cpu = min(library_cpu, time.process_time() - started)
+        started = time.process_time()
+        got = lowpass_rows(x)
+        fast_cpu = min(fast_cpu, time.process_time() - started)
     assert np.abs(got - expected).max() <= 1e-6 * np.abs(expected).max()
     assert not np.array_equal(got, x)  # it filtered something
     assert fast_cpu < library_cpu / 2, (fast_cpu, library_cpu)
