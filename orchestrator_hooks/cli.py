@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from flashsr_tasks.disk_full import DiskFull
 from orchestrator_hooks import exit_status
 from orchestrator_hooks.flashsr_extension import FlashSRExtension, UsageError
+from orchestrator_hooks.listeners import NoWorker
 
 DESCRIPTION = """\
 Upgrade narrow-band audio to 48 kHz and record every result in manifest.json.
@@ -127,6 +128,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if exc.summary is not None:
             print(exc.summary.line(), file=sys.stderr)
         print(f"flashsr: stopped: {exc}", file=sys.stderr)
+        return exit_status.FILES_FAILED
+    except NoWorker as exc:  # --give-up-after: the run ran, nobody served it; its files are not done
+        print(f"flashsr: error: {exc}", file=sys.stderr)
         return exit_status.FILES_FAILED
     except Exception as exc:  # broker unreachable, invalid manifest…: one sentence, not a traceback
         print(f"flashsr: error: {exc}", file=sys.stderr)
