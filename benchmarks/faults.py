@@ -251,13 +251,18 @@ def give_up(stage: Stage) -> Result:
 
 def worker_sigkill(stage: Stage) -> Result:
     stage.start()
+    return _kill_a_worker_a_quarter_in(stage, note="default FLASHSR_VISIBILITY_TIMEOUT")
+
+
+def _kill_a_worker_a_quarter_in(stage: Stage, note: str) -> Result:
+    """On a started stage: send the run, SIGKILL the first worker once a quarter of it is done."""
     stage.write_calls()
     started = time.monotonic()
     run = stage.command()
     wait_for(lambda: outputs(stage) >= stage.files // 4, 120)
     stage.fault()
     stage.workers[0].kill()
-    return finish(stage, "", run, started, cap=150, note="default FLASHSR_VISIBILITY_TIMEOUT")
+    return finish(stage, "", run, started, cap=150, note=note)
 
 
 def worker_sigterm_mid_task(stage: Stage) -> Result:
@@ -295,13 +300,7 @@ def rabbitmq(stage: Stage) -> Result:
                    capture_output=True)
     try:
         stage.start(broker=f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
-        stage.write_calls()
-        started = time.monotonic()
-        run = stage.command()
-        wait_for(lambda: outputs(stage) >= stage.files // 4, 120)
-        stage.fault()
-        stage.workers[0].kill()
-        return finish(stage, "", run, started, cap=150, note="a worker SIGKILLed mid-run")
+        return _kill_a_worker_a_quarter_in(stage, note="a worker SIGKILLed mid-run")
     finally:
         stage.stop()
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
