@@ -21,13 +21,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
-from flashsr_tasks.lowpass import lowpass_rows  # noqa: E402
-from flashsr_tasks.model import FlashSREnhancer, load_flashsr  # noqa: E402
-from flashsr_tasks.random_weights import write_random_weights_in_subprocess  # noqa: E402
-from flashsr_tasks.resample import to_output_rate  # noqa: E402
-from flashsr_tasks.windows import WINDOW  # noqa: E402
 from gpu_pipeline import speech_like  # noqa: E402
+
+from flashsr_tasks.audio.resample import to_output_rate  # noqa: E402
+from flashsr_tasks.model.flashsr import FlashSREnhancer, load_flashsr  # noqa: E402
+from flashsr_tasks.model.lowpass import lowpass_rows  # noqa: E402
+from flashsr_tasks.model.random_weights import write_random_weights_in_subprocess  # noqa: E402
+from flashsr_tasks.model.windows import WINDOW  # noqa: E402
 
 
 def main() -> int:

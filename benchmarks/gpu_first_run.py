@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from flashsr_tasks.fast_path import set_cuda_math  # noqa: E402
-from flashsr_tasks.model import FlashSREnhancer, load_flashsr  # noqa: E402
-from flashsr_tasks.random_weights import write_random_weights_in_subprocess  # noqa: E402
-from flashsr_tasks.staged_forward import STAGES, StagedForward  # noqa: E402
-from flashsr_tasks.windows import DEFAULT_OVERLAP, WINDOW  # noqa: E402
+from flashsr_tasks.model.fast_path import set_cuda_math  # noqa: E402
+from flashsr_tasks.model.flashsr import FlashSREnhancer, load_flashsr  # noqa: E402
+from flashsr_tasks.model.random_weights import write_random_weights_in_subprocess  # noqa: E402
+from flashsr_tasks.model.staged_forward import STAGES, StagedForward  # noqa: E402
+from flashsr_tasks.model.windows import DEFAULT_OVERLAP, WINDOW  # noqa: E402
 
 OUTPUT_RATE = 48000
 INPUT_SECONDS_PER_ROW = (WINDOW - DEFAULT_OVERLAP) / OUTPUT_RATE

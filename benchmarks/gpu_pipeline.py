@@ -8,7 +8,7 @@ Corpora (written to a temporary folder): 400 three-second 16 kHz clips, and 10 t
              low-pass (`UtilAudioLowPassFilter`, as before this change);
   pipeline   `pipelined_outcomes`: up to `--in-flight` files at once in threads, their windows
              gathered into batches of up to `--batch-size` rows across files by the batcher
-             (waiting at most `--wait-ms` for a batch to fill), with `flashsr_tasks.lowpass`.
+             (waiting at most `--wait-ms` for a batch to fill), with `flashsr_tasks.model.lowpass`.
 
 Both call the same per-file function, which reads, decides, enhances, writes and hashes.
 Printed per corpus and path: files/s, audio seconds per second, rows per forward pass, the
@@ -38,25 +38,24 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashsr_tasks.batched_enhancer import BatchedEnhancer  # noqa: E402
-from flashsr_tasks.lazy import LazyEnhancer  # noqa: E402
-from flashsr_tasks.lowpass import lowpass_rows  # noqa: E402
-from flashsr_tasks.paths import check_root  # noqa: E402
-from flashsr_tasks.pipeline import Job, process_file  # noqa: E402
-from flashsr_tasks.pipelined import pipelined_outcomes  # noqa: E402
-from flashsr_tasks.planning import Todo  # noqa: E402
-from flashsr_tasks.windows import WINDOW  # noqa: E402
+from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer  # noqa: E402
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.files.roots import check_root  # noqa: E402
+from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes  # noqa: E402
+from flashsr_tasks.model.batched_enhancer import BatchedEnhancer  # noqa: E402
+from flashsr_tasks.model.lowpass import lowpass_rows  # noqa: E402
+from flashsr_tasks.runs.job import Job  # noqa: E402
+from flashsr_tasks.runs.planning import Todo  # noqa: E402
 
 CORPORA = {  # name: (files, seconds, rate)
     "clips": (400, 3.0, 16000),
@@ -113,7 +112,7 @@ def library_lowpass() -> Callable[[np.ndarray], np.ndarray]:
     """Today's per-window low-pass: the library's detector and filter, row by row."""
     import torch
 
-    from flashsr_tasks.flashsr_library import import_library
+    from flashsr_tasks.model.library import import_library
 
     _, rows_fn = import_library()
 
@@ -230,8 +229,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def real_model(args: argparse.Namespace, workdir: Path) -> tuple[Callable[[str], tuple[BatchedEnhancer, TimedModel]], str]:
     import torch
 
-    from flashsr_tasks.model import load_flashsr
-    from flashsr_tasks.random_weights import write_random_weights_in_subprocess
+    from flashsr_tasks.model.flashsr import load_flashsr
+    from flashsr_tasks.model.random_weights import write_random_weights_in_subprocess
 
     model_dir = args.model_dir
     if model_dir is None:

@@ -22,7 +22,7 @@ python3 -m venv "$work/venv-after"
 "$work/venv-after/bin/pip" install -q torch==2.13.0
 "$work/venv-after/bin/pip" install -q --no-deps polflashsr==0.0.2
 "$work/venv-after/bin/pip" install -q "$work/src-after[model]"
-"$work/venv-after/bin/python" -m flashsr_tasks.prune_polflashsr
+"$work/venv-after/bin/python" -m flashsr_tasks.model.prune_polflashsr
 
 before=$(size "$work/venv-before"); after=$(size "$work/venv-after")
 echo "before ($before_ref): $before bytes ($((before / 1000000)) MB), $("$work/venv-before/bin/pip" list --format=freeze | wc -l) distributions"

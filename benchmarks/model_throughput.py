@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from flashsr_tasks.model import FlashSREnhancer, load_flashsr  # noqa: E402
-from flashsr_tasks.random_weights import write_random_weights_in_subprocess  # noqa: E402
-from flashsr_tasks.resample import to_output_rate  # noqa: E402
-from flashsr_tasks.windows import DEFAULT_OVERLAP, WINDOW, window_starts  # noqa: E402
+from flashsr_tasks.audio.resample import to_output_rate  # noqa: E402
+from flashsr_tasks.model.flashsr import FlashSREnhancer, load_flashsr  # noqa: E402
+from flashsr_tasks.model.random_weights import write_random_weights_in_subprocess  # noqa: E402
+from flashsr_tasks.model.windows import DEFAULT_OVERLAP, WINDOW, window_starts  # noqa: E402
 
 RATE = 8000
 OUTPUT_RATE = 48000

@@ -38,7 +38,7 @@ def main() -> int:
     args, extra = parser.parse_known_args()
     refs = args.work / "refs"
     write_references(refs, args.seconds, args.count)
-    run = subprocess.run([sys.executable, "-m", "orchestrator_hooks.eval_cli", "--references", str(refs),
+    run = subprocess.run([sys.executable, "-m", "orchestrator_hooks.cli.eval", "--references", str(refs),
                           "--rates", args.rates, "--work_dir", str(args.work / "eval"), "--device", "cpu", "--json",
                           *[a for a in extra if a != "--"]], cwd=REPO, capture_output=True, text=True, timeout=3600)
     if run.returncode != 0:

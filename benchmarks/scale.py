@@ -39,8 +39,8 @@ from tests.services import start_redis, start_worker, worker_env  # noqa: E402
 # The command line, with the manifest's fold messages on stderr (they carry the bytes written).
 _CHILD = (
     "import logging, sys; logging.basicConfig(level=logging.WARNING, format='%(name)s: %(message)s');"
-    "logging.getLogger('flashsr_tasks.manifest').setLevel(logging.INFO);"
-    "from orchestrator_hooks.cli import main; sys.exit(main())"
+    "logging.getLogger('flashsr_tasks.manifest.store').setLevel(logging.INFO);"
+    "from orchestrator_hooks.cli.enhance import main; sys.exit(main())"
 )
 _FOLDED = re.compile(r"folded \d+ records \((\d+) journal bytes\) into manifest\.json \((\d+) bytes\)")
 

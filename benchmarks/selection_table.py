@@ -22,7 +22,7 @@ from typing import Optional
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flashsr_tasks.selection import CLIFF_BELOW_HZ, band_edge_hz  # noqa: E402
+from flashsr_tasks.enhance.selection import CLIFF_BELOW_HZ, band_edge_hz  # noqa: E402
 from tests.signals import music_like, speech_like, write  # noqa: E402
 
 SENTENCE = ("The quick brown fox jumps over the lazy dog. Please call me back about the invoice, "

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from flashsr_tasks import tasks  # noqa: E402
-from flashsr_tasks.batched_enhancer import BatchedEnhancer  # noqa: E402
-from flashsr_tasks.lazy import LazyEnhancer  # noqa: E402
-from flashsr_tasks.lowpass import lowpass_rows  # noqa: E402
+from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer  # noqa: E402
+from flashsr_tasks.model.batched_enhancer import BatchedEnhancer  # noqa: E402
+from flashsr_tasks.model.lowpass import lowpass_rows  # noqa: E402
 
 log = logging.getLogger("simulated_gpu")
 app = tasks.app

@@ -1,12 +1,29 @@
-"""Settings read from the environment (the contract's FLASHSR_* variables).
+"""Every setting flashsr reads from the environment (FLASHSR_* and HF_*), each parsed one way.
 
 Each is read when asked for, not at import, so tests and orchestrators can set the
-environment before building an app.
+environment before building an app. A bad value is a ValueError that names the variable.
+No other module reads the environment (tests/test_settings.py holds it so).
 """
 from __future__ import annotations
 
 import os
 from typing import Optional
+
+# Every setting, in the README's order (its "Configuration" tables): `flashsr-enhance --help` lists
+# them, and tests/test_settings.py holds this list, the README and the reads below to one another.
+SETTINGS = (
+    "FLASHSR_BROKER_URL", "FLASHSR_RESULT_BACKEND", "FLASHSR_MODEL_DIR", "FLASHSR_CACHE_DIR",
+    "FLASHSR_WEIGHTS_REPO", "FLASHSR_WEIGHTS_REPO_TYPE", "FLASHSR_WEIGHTS_REVISION", "FLASHSR_ALLOWED_ROOTS",
+    "FLASHSR_BAND_DROP_DB", "FLASHSR_VISIBILITY_TIMEOUT", "FLASHSR_TASK_TIME_LIMIT", "FLASHSR_SHUTDOWN_GRACE",
+    "FLASHSR_QUORUM_QUEUES", "FLASHSR_OUTAGE_BUDGET_S", "FLASHSR_GIVE_UP_AFTER", "FLASHSR_CHORD_SIZE",
+    "FLASHSR_MAX_IN_FLIGHT", "FLASHSR_DEVICE", "FLASHSR_CPU_PREFETCH", "FLASHSR_KEEP_INPUT_BAND",
+    "HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
+    "FLASHSR_BATCH_SIZE", "FLASHSR_BATCH_WAIT_MS", "FLASHSR_FILES_IN_FLIGHT", "FLASHSR_LOWPASS_INPUT",
+    "FLASHSR_AUTOCAST", "FLASHSR_VOCODER_DTYPE", "FLASHSR_TF32", "FLASHSR_FIXED_SHAPES",
+    "FLASHSR_TORCH_THREADS", "FLASHSR_COMPILE_VOCODER", "FLASHSR_REQUIRE_MODEL",
+)
+# Of those, read by huggingface_hub itself (and honoured as it defines them), never here.
+LIBRARY_SETTINGS = ("HF_TOKEN",)
 
 DEFAULT_BROKER_FOR_WORKERS = "redis://localhost:6379/0"
 # Redis hands an unacknowledged task to another worker after this long: it is how long the files
@@ -72,7 +89,7 @@ def cpu_prefetch() -> int:
 
 def keep_input_band() -> bool:
     """FLASHSR_KEEP_INPUT_BAND=1: the output below the input's band edge is the input's own
-    content, the model's only above it (flashsr_tasks.band_keeping). Off by default: FlashSR's
+    content, the model's only above it (flashsr_tasks.enhance.band_keeping). Off by default: FlashSR's
     own output is what its authors evaluated."""
     return bool_env("FLASHSR_KEEP_INPUT_BAND", False)
 
@@ -84,7 +101,7 @@ def quorum_queues() -> bool:
     return bool_env("FLASHSR_QUORUM_QUEUES", False)
 
 
-# Selection's cliff (flashsr_tasks.selection, docs/selection.md): how far everything above a
+# Selection's cliff (flashsr_tasks.enhance.selection, docs/selection.md): how far everything above a
 # band edge must lie below the kHz under it for a 44.1/48 kHz source to count as band-limited.
 # 20 dB: measured (benchmarks/selection_table.py, docs/selection.md), the weakest case that must
 # be taken (speech at 22.05 kHz stored at 44.1 kHz through a 2-pole low-pass) needs 28 dB or less,
@@ -209,3 +226,88 @@ def outage_budget_s() -> int:
 def give_up_after_s() -> Optional[int]:
     """Seconds a waiting run goes on while no worker consumes its queue (None: wait for one)."""
     return positive_int_env("FLASHSR_GIVE_UP_AFTER", 0) or None
+
+
+# ---------------------------------------------------------------------------- distributed runs
+
+# Files per chord: one callback and one journal write per chord. Small enough that a chord's
+# records (its callback's message) stay small, large enough that callbacks cost little.
+DEFAULT_CHORD_SIZE = 100
+# Files sent and not yet collected. Redis holds about 4 KB per file in flight (message, result,
+# chord entry), so this bounds Redis' memory for a run of any length; it is far above what
+# the workers hold (their prefetch), so they never wait for the orchestrator.
+DEFAULT_MAX_IN_FLIGHT = 2000
+
+
+def chord_size() -> int:
+    """FLASHSR_CHORD_SIZE: files per chord of a distributed run."""
+    return positive_int_env("FLASHSR_CHORD_SIZE", DEFAULT_CHORD_SIZE)
+
+
+def max_in_flight() -> int:
+    """FLASHSR_MAX_IN_FLIGHT: files sent and not yet collected (at least one chord)."""
+    return max(chord_size(), positive_int_env("FLASHSR_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT))
+
+
+# ---------------------------------------------------------------------------- files and roots
+
+
+def allowed_roots() -> list[str]:
+    """FLASHSR_ALLOWED_ROOTS: `:`-separated folders a worker may read and write under (empty: any)."""
+    return [p for p in os.environ.get("FLASHSR_ALLOWED_ROOTS", "").split(":") if p]
+
+
+# ---------------------------------------------------------------------------- batching
+
+DEFAULT_BATCH_WAIT_MS = 30
+DEFAULT_FILES_IN_FLIGHT = 8
+
+
+def batch_wait_s() -> float:
+    """FLASHSR_BATCH_WAIT_MS in seconds: how long a batch waits to fill from its oldest row
+    (0 allowed: never wait)."""
+    if os.environ.get("FLASHSR_BATCH_WAIT_MS", "").strip() == "0":
+        return 0.0
+    return positive_int_env("FLASHSR_BATCH_WAIT_MS", DEFAULT_BATCH_WAIT_MS) / 1000
+
+
+def files_in_flight() -> int:
+    """FLASHSR_FILES_IN_FLIGHT: files one model process holds at once; default twice
+    FLASHSR_BATCH_SIZE when that is set (a batch running and the next one filling), else 8."""
+    batch = positive_int_env("FLASHSR_BATCH_SIZE", 0)
+    return positive_int_env("FLASHSR_FILES_IN_FLIGHT", 2 * batch if batch else DEFAULT_FILES_IN_FLIGHT)
+
+
+# ---------------------------------------------------------------------------- weights
+# Each returns the environment's value or None; flashsr_tasks.model.weights holds the defaults.
+
+
+def cache_dir() -> Optional[str]:
+    """FLASHSR_CACHE_DIR: where downloaded weights are kept."""
+    return os.environ.get("FLASHSR_CACHE_DIR") or None
+
+
+def weights_repo() -> Optional[str]:
+    """FLASHSR_WEIGHTS_REPO: the Hub repository of the weights."""
+    return os.environ.get("FLASHSR_WEIGHTS_REPO") or None
+
+
+def weights_repo_type() -> Optional[str]:
+    """FLASHSR_WEIGHTS_REPO_TYPE: `dataset` or `model`."""
+    return os.environ.get("FLASHSR_WEIGHTS_REPO_TYPE") or None
+
+
+def weights_revision() -> Optional[str]:
+    """FLASHSR_WEIGHTS_REVISION: the pinned branch, tag or commit of that repository."""
+    return os.environ.get("FLASHSR_WEIGHTS_REVISION") or None
+
+
+def hf_endpoint() -> Optional[str]:
+    """HF_ENDPOINT, read at each download (huggingface_hub reads it only when imported)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def hf_hub_offline() -> bool:
+    """HF_HUB_OFFLINE, parsed as huggingface_hub parses it (1/ON/YES/TRUE, anything else is off),
+    so that flashsr and the library never disagree on whether they are offline."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}

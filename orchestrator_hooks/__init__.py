@@ -6,9 +6,13 @@ __all__ = ["FlashSRExtension", "RunSummary", "add_flashsr_arguments", "run_flash
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `python -m orchestrator_hooks.flashsr_extension` does not import that module twice.
-    if name in __all__:
-        from orchestrator_hooks import flashsr_extension
+    # Lazy: importing the package (for its command line, say) loads none of the stage's modules.
+    if name == "RunSummary":
+        from orchestrator_hooks.summary import RunSummary
 
-        return getattr(flashsr_extension, name)
+        return RunSummary
+    if name in __all__:
+        from orchestrator_hooks import stage
+
+        return getattr(stage, name)
     raise AttributeError(name)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+if TYPE_CHECKING:
+    from flashsr_tasks.manifest.records import Outcome
 
 # Failures listed by name; beyond this only counted (manifest.json names every one), so the
 # summary of a run over a broken archive stays small.
@@ -31,15 +34,15 @@ class RunSummary:
     def ok(self) -> bool:
         return self.failed == 0
 
-    def add(self, outcome: dict[str, Any]) -> None:
+    def add(self, outcome: Outcome) -> None:
         kind = outcome["outcome"]
         setattr(self, kind, getattr(self, kind) + 1)
-        record = outcome.get("record") or {}
+        record: Mapping[str, Any] = outcome.get("record") or {}
         if kind == "enhanced":
-            method = record.get("method", "?")
+            method = str(record.get("method", "?"))
             self.methods[method] = self.methods.get(method, 0) + 1
         elif kind == "failed" and len(self.failures) < MAX_LISTED_FAILURES:
-            self.failures.append({"source": outcome["source"], "error": record.get("error", "failed")})
+            self.failures.append({"source": outcome["source"], "error": str(record.get("error", "failed"))})
         elif kind == "unselected" and len(self.full_band) < MAX_LISTED_FAILURES:
             self.full_band.append(outcome["source"])  # manifest.json's full_band has them all, with edges
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from flashsr_tasks.weights import WEIGHT_FILES
+from flashsr_tasks.model.weights import WEIGHT_FILES
 
 
 def model_extra_missing() -> str:
@@ -37,7 +37,7 @@ def random_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     reuse = os.environ.get("FLASHSR_TEST_MODEL_DIR")
     folder = Path(reuse) if reuse else tmp_path_factory.mktemp("flashsr_random_weights")
     if any(not (folder / name).is_file() for name in WEIGHT_FILES):
-        from flashsr_tasks.random_weights import write_random_weights_in_subprocess
+        from flashsr_tasks.model.random_weights import write_random_weights_in_subprocess
 
         # In a child process: building peaks at ~3 GB, which the test process need not keep.
         write_random_weights_in_subprocess(folder)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from flashsr_tasks.batcher import Batcher, BatcherClosed
+from flashsr_tasks.model.batcher import Batcher, BatcherClosed
 
 
 class Recorder:

@@ -29,13 +29,13 @@ torch = pytest.importorskip("torch")
 if model_extra_missing():
     pytest.skip(model_extra_missing(), allow_module_level=True)
 
-from flashsr_tasks.flashsr_library import build_model, import_library  # noqa: E402
-from flashsr_tasks.lowpass import lowpass_rows  # noqa: E402
-from flashsr_tasks.weights import weights_in_folder  # noqa: E402
-from flashsr_tasks.window_noise import PerWindowNoise  # noqa: E402
-from flashsr_tasks.model import SEED, FlashSREnhancer, load_flashsr  # noqa: E402
-from flashsr_tasks.resample import to_output_rate  # noqa: E402
-from flashsr_tasks.windows import WINDOW  # noqa: E402
+from flashsr_tasks.audio.resample import to_output_rate  # noqa: E402
+from flashsr_tasks.model.flashsr import SEED, FlashSREnhancer, load_flashsr  # noqa: E402
+from flashsr_tasks.model.library import build_model, import_library  # noqa: E402
+from flashsr_tasks.model.lowpass import lowpass_rows  # noqa: E402
+from flashsr_tasks.model.weights import weights_in_folder  # noqa: E402
+from flashsr_tasks.model.window_noise import PerWindowNoise  # noqa: E402
+from flashsr_tasks.model.windows import WINDOW  # noqa: E402
 
 pytestmark = pytest.mark.model
 
@@ -170,7 +170,7 @@ def test_the_model_is_prepared_once_at_load(model: FlashSREnhancer) -> None:
     assert not hasattr(module.vae.autoencoder, "vocoder")  # the unused 48 kHz HiFi-GAN is gone
 
 def test_batches_are_padded_to_powers_of_two_up_to_the_batch_size() -> None:
-    from flashsr_tasks.fast_path import padded_rows
+    from flashsr_tasks.model.fast_path import padded_rows
 
     assert [padded_rows(n, 8) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
     assert [padded_rows(n, 6) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]

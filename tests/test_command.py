@@ -162,7 +162,7 @@ def test_version_prints_the_installed_version():
 def test_hyphenated_and_underscored_spellings_are_the_same_options(tmp_path):
     parsed = []
     for spelling in ("-", "_"):
-        from orchestrator_hooks.cli import build_parser
+        from orchestrator_hooks.cli.enhance import build_parser
 
         parsed.append(vars(build_parser().parse_args(
             ["--input", "x", f"--output{spelling}dir", "o", f"--model{spelling}dir", "m", f"--no{spelling}wait"])))

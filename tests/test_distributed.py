@@ -12,7 +12,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from flashsr_tasks.celery import make_app
+from flashsr_tasks.broker.app import make_app
 from orchestrator_hooks import FlashSRExtension
 from tests.signals import speech_like, write
 
@@ -130,10 +130,10 @@ def test_chord_with_a_failing_member_still_merges_and_a_duplicate_leaves_one_rec
     root = tmp_path / "stage"
     names = calls(root, 3)
     (root / "empty.wav").write_bytes(b"")
-    from flashsr_tasks.manifest import fold
-    from flashsr_tasks.pipeline import Job
-    from flashsr_tasks.planning import Todo
-    from orchestrator_hooks.dispatch import run_distributed
+    from flashsr_tasks.manifest.store import fold
+    from flashsr_tasks.runs.job import Job
+    from flashsr_tasks.runs.planning import Todo
+    from orchestrator_hooks.distributed.dispatch import run_distributed
 
     outcomes = []
     job = Job(root=str(root.resolve()), device="cpu")
@@ -258,10 +258,10 @@ def test_two_orchestrators_write_one_manifest_at_once(tmp_path, redis_server, wo
     results = {}
 
     def orchestrate(part: str) -> None:
-        from flashsr_tasks.manifest import fold
-        from flashsr_tasks.pipeline import Job
-        from flashsr_tasks.planning import Todo
-        from orchestrator_hooks.dispatch import run_distributed
+        from flashsr_tasks.manifest.store import fold
+        from flashsr_tasks.runs.job import Job
+        from flashsr_tasks.runs.planning import Todo
+        from orchestrator_hooks.distributed.dispatch import run_distributed
 
         job = Job(root=str(root.resolve()), device="cpu")
         out = []

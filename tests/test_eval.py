@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from flashsr_tasks.metrics import log_spectral_distance, si_sdr_db
+from flashsr_tasks.quality.scores import log_spectral_distance, si_sdr_db
 from tests.services import REPO
 from tests.signals import music_like, speech_like, write
 
@@ -58,7 +58,7 @@ def references(tmp_path: Path) -> Path:
 
 
 def run_eval(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator_hooks.eval_cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "orchestrator_hooks.cli.eval", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env=env)
 
 

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from flashsr_tasks.enhancers import Resampler
-from flashsr_tasks.paths import is_audio_name, is_output_name, output_name_for
-from flashsr_tasks.pipeline import ENHANCED, FAILED, SKIPPED, Job, failed_outcome, process_file
-from flashsr_tasks.records import RECORD_KEYS
-from flashsr_tasks.resample import output_frames
+from flashsr_tasks.audio.resample import output_frames
+from flashsr_tasks.enhance.enhancers import Resampler
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.files.naming import is_audio_name, is_output_name, output_name_for
+from flashsr_tasks.manifest.records import ENHANCED, FAILED, RECORD_KEYS, SKIPPED, failed_outcome
+from flashsr_tasks.runs.job import Job
 from orchestrator_hooks import FlashSRExtension
 from tests.signals import inband_snr_db, speech_like, stack, write
 from tests.test_per_file import _write_bad_inputs
@@ -206,7 +207,7 @@ def test_a_worker_refuses_an_output_dir_outside_its_allowed_roots(tmp_path, redi
     outside = tmp_path / "outside"
     outside.mkdir()
     workers("cpu", FLASHSR_ALLOWED_ROOTS=str(allowed))
-    from flashsr_tasks.celery import make_app
+    from flashsr_tasks.broker.app import make_app
 
     job = Job(root=str(allowed / "stage"), device="cpu", output_dir=str(outside)).to_dict()
     outcome = make_app(redis_server.url).send_task("flashsr.enhance_cpu", args=(job, "a.flac"), queue="cpu").get(timeout=30)
@@ -298,7 +299,7 @@ def test_a_16_bit_wav_output_is_what_libsndfile_writes(tmp_path, channels):
     import hashlib
     import io
 
-    from flashsr_tasks.audio import _pcm16, write_output
+    from flashsr_tasks.audio.writing import _pcm16, write_output
 
     audio = np.random.default_rng(channels).uniform(-1, 1, (70001, channels)).astype(np.float32)
     digest = write_output(tmp_path / "out_flashsr.wav", audio, 48000, "PCM_16")

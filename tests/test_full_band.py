@@ -96,8 +96,8 @@ def test_force_and_overwrite_judge_full_band_files_again(tmp_path):
 
 def test_the_fold_moves_a_source_between_the_lists_in_either_order(tmp_path):
     """The last journaled line of a source decides its list, wherever the lists lie in the file."""
-    from flashsr_tasks.full_band import new_entry
-    from flashsr_tasks.manifest import append_records, fold
+    from flashsr_tasks.manifest.full_band import new_entry
+    from flashsr_tasks.manifest.store import append_records, fold
 
     entry = new_entry("a.wav", 48000, None, 10, 20, "2026-01-01T00:00:00Z")
     record = {"type": "flashsr", "source": "b.wav", "status": "ok"}

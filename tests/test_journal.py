@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from flashsr_tasks import journal, manifest
-from flashsr_tasks.manifest import ManifestError, append_records, fold, records_by_source
-from flashsr_tasks.paths import discover_sources
+from flashsr_tasks.files.discovery import discover_sources
+from flashsr_tasks.manifest import journal
+from flashsr_tasks.manifest import store as manifest
+from flashsr_tasks.manifest.store import ManifestError, append_records, fold, records_by_source
 
 
 def record(source: str, **extra) -> dict:

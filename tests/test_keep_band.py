@@ -14,11 +14,13 @@ import soundfile as sf
 import soxr
 
 from flashsr_tasks import config
-from flashsr_tasks.band_keeping import CROSSOVER_HZ, keep_input_band
-from flashsr_tasks.crossover import join_bands
-from flashsr_tasks.enhancers import Resampler
-from flashsr_tasks.pipeline import ENHANCED, Job, process_file
-from flashsr_tasks.resample import OUTPUT_RATE, to_output_rate
+from flashsr_tasks.audio.crossover import join_bands
+from flashsr_tasks.audio.resample import OUTPUT_RATE, to_output_rate
+from flashsr_tasks.enhance.band_keeping import CROSSOVER_HZ, keep_input_band
+from flashsr_tasks.enhance.enhancers import Resampler
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.manifest.records import ENHANCED
+from flashsr_tasks.runs.job import Job
 from tests.services import REPO
 from tests.signals import speech_like, write
 
@@ -114,7 +116,7 @@ def test_random_weight_model_keeps_the_input_band_within_30_db(random_model_dir:
     write(refs / "speech.wav", speech_like(48000, 1.0, seed=11), 48000, "FLOAT")
     env = {**os.environ, "FLASHSR_KEEP_INPUT_BAND": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "orchestrator_hooks.eval_cli", "--references", str(refs), "--rates", str(rate),
+        [sys.executable, "-m", "orchestrator_hooks.cli.eval", "--references", str(refs), "--rates", str(rate),
          "--work_dir", str(work), "--device", "cpu", "--model_dir", str(random_model_dir), "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=900, env=env,
     )

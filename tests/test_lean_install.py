@@ -6,10 +6,10 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.model_fixtures import model_extra_missing
 
@@ -34,7 +34,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def test_the_model_warning_gives_the_readmes_working_install():
-    from flashsr_tasks.enhancers import MODEL_INSTALL, MODEL_INSTALL_HINT
+    from flashsr_tasks.model.install import MODEL_INSTALL, MODEL_INSTALL_HINT
 
     readme = (REPO / "README.md").read_text()
     steps = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("pip install")]
@@ -43,8 +43,8 @@ def test_the_model_warning_gives_the_readmes_working_install():
 
 def test_the_gpu_image_installs_lean_and_prunes():
     gpu = (REPO / "docker" / "Dockerfile.gpu").read_text()
-    assert "pip install --no-deps polflashsr==" in gpu and "python -m flashsr_tasks.prune_polflashsr" in gpu
-    order = ["pip install --no-deps polflashsr", '.whl)[model]"', "python -m flashsr_tasks.prune_polflashsr"]
+    assert "pip install --no-deps polflashsr==" in gpu and "python -m flashsr_tasks.model.prune_polflashsr" in gpu
+    order = ["pip install --no-deps polflashsr", '.whl)[model]"', "python -m flashsr_tasks.model.prune_polflashsr"]
     assert [gpu.index(step) for step in order] == sorted(gpu.index(step) for step in order)
 
 
@@ -62,7 +62,7 @@ def test_prune_removes_exactly_the_wheels_stray_files(tmp_path: Path):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: PolFlashSR\nVersion: 0.0.2\n")
     (info / "RECORD").write_text("".join(f"{n},sha256=x,1\n" for n in kept + stray) + f"{info.name}/RECORD,,\n")
-    code = "from flashsr_tasks.prune_polflashsr import prune; print(len(prune()))"
+    code = "from flashsr_tasks.model.prune_polflashsr import prune; print(len(prune()))"
     env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}"}
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0 and first.stdout.strip() == str(len(stray)), first.stderr
@@ -77,7 +77,7 @@ def test_prune_removes_exactly_the_wheels_stray_files(tmp_path: Path):
 @pytest.mark.skipif(bool(model_extra_missing()), reason=model_extra_missing() or "installed")
 def test_the_library_never_imports_what_the_lean_install_leaves_out():
     code = ("import sys\n"
-            "from flashsr_tasks.flashsr_library import import_library\n"
+            "from flashsr_tasks.model.library import import_library\n"
             "import_library()\n"
             "from FlashSR import VAEWrapper; from FlashSR.SRVocoder import SRVocoder\n"
             "from TorchJaekwon.Model.Diffusion.DDPM.DDPM import DDPM\n"

@@ -1,4 +1,4 @@
-"""flashsr_tasks.lowpass gives the library's own input low-pass (FlashSR's detector and filter)."""
+"""flashsr_tasks.model.lowpass gives the library's own input low-pass (FlashSR's detector and filter)."""
 from __future__ import annotations
 
 import time
@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 if model_extra_missing():
     pytest.skip(model_extra_missing(), allow_module_level=True)
 
-from flashsr_tasks.lowpass import find_cutoff_freq, lowpass_rows  # noqa: E402
-from flashsr_tasks.flashsr_library import import_library  # noqa: E402
-from flashsr_tasks.resample import to_output_rate  # noqa: E402
-from flashsr_tasks.windows import WINDOW  # noqa: E402
+from flashsr_tasks.audio.resample import to_output_rate  # noqa: E402
+from flashsr_tasks.model.library import import_library  # noqa: E402
+from flashsr_tasks.model.lowpass import find_cutoff_freq, lowpass_rows  # noqa: E402
+from flashsr_tasks.model.windows import WINDOW  # noqa: E402
 
 
 def windows() -> np.ndarray:

@@ -17,8 +17,8 @@ if model_extra_missing():
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from flashsr_tasks.model import load_flashsr  # noqa: E402
-from flashsr_tasks.windows import WINDOW  # noqa: E402
+from flashsr_tasks.model.flashsr import load_flashsr  # noqa: E402
+from flashsr_tasks.model.windows import WINDOW  # noqa: E402
 
 pytestmark = [pytest.mark.model, pytest.mark.gpu]
 

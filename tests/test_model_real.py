@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from flashsr_tasks.weights import ModelUnavailable
+from flashsr_tasks.model.weights import ModelUnavailable
 from tests.model_fixtures import model_extra_missing
 
 torch = pytest.importorskip("torch")
 if model_extra_missing():
     pytest.skip(model_extra_missing(), allow_module_level=True)
 
-from flashsr_tasks.model import load_flashsr  # noqa: E402  (needs torch)
+from flashsr_tasks.model.flashsr import load_flashsr  # noqa: E402  (needs torch)
 
 
 @pytest.mark.model
@@ -63,12 +63,12 @@ def test_without_the_library_loading_is_model_unavailable(tmp_path: Path) -> Non
     for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):  # weights are looked for first
         (tmp_path / name).write_bytes(b"")
     code = ("import sys; sys.modules['FlashSR'] = None\n"
-            "from flashsr_tasks.model import load_flashsr, ModelUnavailable\n"
+            "from flashsr_tasks.model.flashsr import load_flashsr, ModelUnavailable\n"
             f"try:\n    load_flashsr(device='cpu', model_dir={str(tmp_path)!r})\n"
             "except ModelUnavailable as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    from flashsr_tasks.enhancers import MODEL_INSTALL
+    from flashsr_tasks.model.install import MODEL_INSTALL
 
     assert "cannot be imported" in done.stdout and MODEL_INSTALL in done.stdout  # the README's install
 
@@ -76,8 +76,8 @@ def test_without_the_library_loading_is_model_unavailable(tmp_path: Path) -> Non
 def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path) -> None:
     """Upstream's FlashSR(student, vocoder, vae) and PyPI's FlashSR(…, device): both are built with
     every torch.load forced onto the CPU and to tensors only, whatever the library passes."""
-    from flashsr_tasks.flashsr_library import build_model
-    from flashsr_tasks.weights import weights_in_folder
+    from flashsr_tasks.model.library import build_model
+    from flashsr_tasks.model.weights import weights_in_folder
 
     for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):
         torch.save({"w": torch.ones(2)}, tmp_path / name)

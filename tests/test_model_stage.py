@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from flashsr_tasks.resample import output_frames
+from flashsr_tasks.audio.resample import output_frames
 from orchestrator_hooks import FlashSRExtension
 from tests.signals import speech_like, write
 

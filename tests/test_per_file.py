@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from flashsr_tasks.enhancers import Resampler
-from flashsr_tasks.pipeline import ENHANCED, FAILED, SKIPPED, UNSELECTED, Job, process_file
-from flashsr_tasks.resample import output_frames
+from flashsr_tasks.audio.resample import output_frames
+from flashsr_tasks.enhance.enhancers import Resampler
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.manifest.records import ENHANCED, FAILED, SKIPPED, UNSELECTED
+from flashsr_tasks.runs.job import Job
 from tests.signals import inband_snr_db, lag_samples, music_like, speech_like, stack, telephone, write
 
 JOB = Job(root="", device="cpu")
@@ -209,7 +211,7 @@ def test_an_unreadable_file_is_recorded_with_a_clear_sentence():
     import shutil
     import tempfile
 
-    from flashsr_tasks import audio  # noqa: F401  (imported before the user changes)
+    from flashsr_tasks.audio import reading, writing  # noqa: F401  (imported before the user changes)
 
     folder = Path(tempfile.mkdtemp(prefix="flashsr-perm-"))
     try:

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from flashsr_tasks.batched_enhancer import BatchedEnhancer
-from flashsr_tasks.enhancers import Resampler
-from flashsr_tasks.lazy import LazyEnhancer
-from flashsr_tasks.paths import check_root
-from flashsr_tasks.pipeline import Job, process_file
-from flashsr_tasks.pipelined import pipelined_outcomes
-from flashsr_tasks.planning import Todo
+from flashsr_tasks.enhance.enhancers import Resampler
+from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.files.roots import check_root
+from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes
+from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
+from flashsr_tasks.runs.job import Job
+from flashsr_tasks.runs.planning import Todo
 from tests.signals import speech_like, write
 
 

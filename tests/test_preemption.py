@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from flashsr_tasks.celery import make_app
+from flashsr_tasks.broker.app import make_app
 from orchestrator_hooks import FlashSRExtension
-from tests.test_distributed import (_blocked_on, _threads_in_open, calls, hanging_source, records, release,
-                                    wait_for)
+from tests.test_distributed import _blocked_on, _threads_in_open, calls, hanging_source, records, release, wait_for
 
 pytestmark = pytest.mark.celery
 

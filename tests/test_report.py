@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flashsr_tasks.run_facts import run_facts
+from flashsr_tasks.quality.report_facts import run_facts
 from tests.services import REPO
 from tests.signals import music_like, speech_like, telephone, write
 
@@ -33,14 +33,14 @@ def processed_root(tmp_path: Path) -> Path:
     write(root / "sub" / "b.wav", music_like(16000, 2.0, seed=2), 16000)
     write(root / "c.flac", telephone(48000, 2.0), 48000, "PCM_16", "FLAC")
     (root / BAD_NAME).write_bytes(b"this is not audio " * 20)
-    run = subprocess.run([sys.executable, "-m", "orchestrator_hooks.cli", "--input", str(root), "--device", "cpu",
+    run = subprocess.run([sys.executable, "-m", "orchestrator_hooks.cli.enhance", "--input", str(root), "--device", "cpu",
                           "-q"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr  # the one broken file failed, the others are done
     return root
 
 
 def report(root: Path, page: Path, samples: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator_hooks.report", str(root), "--output", str(page),
+    return subprocess.run([sys.executable, "-m", "orchestrator_hooks.cli.report", str(root), "--output", str(page),
                            "--samples", str(samples)], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

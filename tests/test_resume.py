@@ -11,7 +11,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from flashsr_tasks import journal
+from flashsr_tasks.manifest import journal
 from orchestrator_hooks import FlashSRExtension
 from tests.services import REPO
 from tests.signals import speech_like, write

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from flashsr_tasks.selection import band_edge_hz, selection_reason
+from flashsr_tasks.enhance.selection import band_edge_hz, selection_reason
 from tests.signals import music_like, speech_like, stack, telephone
 
 
@@ -91,7 +91,7 @@ def test_gently_low_passed_speech_is_selected_and_the_threshold_is_a_setting(mon
 
 def test_an_edge_above_16k_is_measured_and_left_alone():
     """An encoder's low-pass at 17 kHz: reported as the band edge, not selected."""
-    from flashsr_tasks.selection import judge
+    from flashsr_tasks.enhance.selection import judge
 
     music = music_like(48000, 3.0)
     spectrum = np.fft.rfft(music)

@@ -20,8 +20,8 @@ from typing import Iterator
 
 import pytest
 
-from flashsr_tasks import weights as W
-from flashsr_tasks.weights import WEIGHT_FILES, ModelUnavailable, download_weights, locate_weights
+from flashsr_tasks.model import weights as W
+from flashsr_tasks.model.weights import WEIGHT_FILES, ModelUnavailable, download_weights, locate_weights
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
 
@@ -40,7 +40,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no user token or cache leaks in
     # huggingface_hub reads HF_HUB_OFFLINE once, at import: start every test online, whatever the
     # environment of the test run; tests that want offline mode set the variable, which
-    # flashsr_tasks.weights reads at call time.
+    # flashsr_tasks.model.weights reads at call time.
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
 
 
@@ -209,7 +209,7 @@ def test_download_once_then_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("hub_env")
 def test_two_processes_download_once(tmp_path: Path) -> None:
-    code = "from flashsr_tasks.weights import locate_weights; print(locate_weights().label)"
+    code = "from flashsr_tasks.model.weights import locate_weights; print(locate_weights().label)"
     with FakeHub(delay_s=0.5) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url}
         procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
@@ -243,7 +243,7 @@ def test_label_for_a_plain_local_dir(tmp_path: Path, monkeypatch: pytest.MonkeyP
 # ---------------------------------------------------------------------------- flashsr-download
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flashsr_tasks.weights", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "flashsr_tasks.model.weights", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -280,7 +280,7 @@ def test_cli_downloads_into_a_local_dir(tmp_path: Path) -> None:
 
 def test_weights_module_needs_neither_torch_nor_the_hub_client() -> None:
     code = ("import sys; sys.modules['torch'] = None; sys.modules['huggingface_hub'] = None\n"
-            "import flashsr_tasks.weights as w\n"
+            "import flashsr_tasks.model.weights as w\n"
             "try:\n    w.download_weights()\nexcept w.ModelUnavailable as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flashsr_tasks.windows import WINDOW, apply_windowed, fade_in, window_starts
+from flashsr_tasks.model.windows import WINDOW, apply_windowed, fade_in, window_starts
 
 # A small window keeps the arithmetic fast; the real size is checked separately below.
 W = 1024

@@ -1,0 +1,228 @@
+"""The embedded default: run a job's files in this process (or a local process pool).
+
+The resampler is cheap and CPU-bound, so it fans out over every core; the model is large
+and owns its device, so it runs in this process, one file after another.
+
+Sources stream in and outcomes stream out: at most `_WINDOW_CHUNKS` chunks per process are in
+flight, whatever the run's length. Every finished chunk's records are appended to the root's
+journal as it arrives, so a run killed at any moment keeps every file it finished; the caller
+folds the journal into manifest.json at the end.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import itertools
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Optional, Union
+
+from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer
+from flashsr_tasks.files.disk_full import DiskFull, is_disk_full
+from flashsr_tasks.manifest.records import Outcome, records_of
+from flashsr_tasks.manifest.store import append_records
+from flashsr_tasks.runs.job import Job
+from flashsr_tasks.runs.planning import Todo, in_chunks
+from flashsr_tasks.worker.memory import keep_freed_memory
+
+# Files per pool message: large enough to amortise inter-process traffic on short calls,
+# small enough that the progress bar still moves and a killed run redoes little.
+_CHUNK = 8
+# Chunks queued per pool process: enough to keep it busy while the main process collects.
+_WINDOW_CHUNKS = 4
+_MIN_FILES_FOR_POOL = 4
+# The journal is fsynced at most this often (a killed process loses nothing either way; this
+# bounds what a power cut can take).
+_SYNC_EVERY_S = 1.0
+# Records that come closer together than this are journaled a chunk at a time.
+_HOLD_S = 0.2
+
+_pool_state: dict[str, Any] = {}
+
+
+def run_in_process(
+    root: Path,
+    job: Job,
+    work: Iterable[Union[Todo, Outcome]],
+    on_outcome: Optional[Callable[[Outcome], None]] = None,
+    processes: Optional[int] = None,
+) -> None:
+    """Process the Todos of `work` under the checked `root`, journaling each record as it arrives;
+    outcomes already decided (skips) pass straight through to `on_outcome`."""
+    journal = _Journal(job.manifest_root)
+    produced = _outcomes(root, iter(work), job, processes or os.cpu_count() or 1, journal.add_if_room)
+    try:
+        for outcomes in produced:
+            try:
+                journal.add(outcomes)
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFull(str(job.manifest_root)) from None
+                raise
+            if on_outcome:
+                for outcome in outcomes:
+                    on_outcome(outcome)
+            full = next((o["stop_disk_full"] for o in outcomes if o.get("stop_disk_full")), None)
+            if full is not None:
+                raise DiskFull(full)  # every later file would fail the same way
+    finally:
+        # Stop the pool now (its processes unwind and remove their temporary files), not whenever
+        # the generator is collected: after this process exits they would be SIGKILLed mid-write.
+        produced.close()
+        journal.flush_if_room()  # Ctrl-C or an error too: what finished is journaled
+
+
+class _Journal:
+    """Appends records a chunk at a time while they come fast: resampling one file after
+    another (one process) would otherwise take the lock and write once per file. Records that
+    come slowly (the model: seconds a file) are appended as they come. At most `_CHUNK` records
+    are held, so a killed run loses no more than one pool chunk's worth."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.synced = time.monotonic()
+        self.held: list[Mapping[str, Any]] = []
+        self.last_add = 0.0
+
+    def add_if_room(self, outcomes: list[Outcome]) -> None:
+        """For records salvaged while the run stops: a full disk must not hide why it stopped
+        (those files are redone by the next run, their outputs being unrecorded)."""
+        self.held.extend(records_of(outcomes))
+        self.flush_if_room()
+
+    def flush_if_room(self) -> None:
+        try:
+            self.flush()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        now = time.monotonic()
+        slow = now - self.last_add >= _HOLD_S
+        self.last_add = now
+        self.held.extend(records_of(outcomes))
+        if slow or len(self.held) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        records, self.held = self.held, []
+        if records:
+            sync = time.monotonic() - self.synced >= _SYNC_EVERY_S
+            append_records(self.root, records, sync=sync)
+            if sync:
+                self.synced = time.monotonic()
+
+
+def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, processes: int,
+              salvage: Callable[[list[Outcome]], None]) -> Generator[list[Outcome], None, None]:
+    first: list[Todo] = []
+    yield from _skips_until(work, 1, first)
+    if not first:
+        return  # everything was skipped: nothing to load, not even numpy
+    # Imported only now, for the same reason.
+    from flashsr_tasks.enhance.enhancers import Resampler, load_enhancer, wants_model
+
+    todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
+    if wants_model(job.device, job.model_dir):
+        # The model is loaded at the first file that needs it; files share its batches (pipelined).
+        model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
+        from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes
+
+        yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
+        # the model could not load: the rest is resampling, which a pool does best
+    first = []
+    yield from _skips_until(todos, _MIN_FILES_FOR_POOL, first)
+    todos = itertools.chain(first, todos)
+    if processes < 2 or len(first) < _MIN_FILES_FOR_POOL:
+        for item in todos:
+            yield _one(root, item, job, Resampler)
+        return
+    context = multiprocessing.get_context(_start_method())
+    stop = context.Event()
+    with context.Pool(processes, initializer=_init_pool, initargs=(str(root), job.to_dict(), stop)) as pool:
+        window: collections.deque = collections.deque()
+        try:
+            for chunk in in_chunks(todos, _CHUNK):
+                if isinstance(chunk, dict):
+                    yield [chunk]
+                    continue
+                window.append(pool.apply_async(_pool_process, (chunk,)))
+                # Collect what is done; wait for the oldest chunk only when the window is full.
+                while window and (window[0].ready() or len(window) >= processes * _WINDOW_CHUNKS):
+                    yield window.popleft().get()
+            while window:
+                yield window.popleft().get()
+        except BaseException:
+            # Ctrl-C (or a full disk): each process finishes the file it is on, so that none is
+            # cut mid-write (a SIGTERM would leave its temporary file); that bounds the wait. A
+            # second Ctrl-C cuts it short. Chunks that finished behind an unfinished one are records too.
+            stop.set()
+            pool.close()
+            try:
+                pool.join()
+            finally:
+                salvage([o for r in window if r.ready() and r.successful() for o in r.get()])
+            raise
+
+
+def _one(root: Path, item: Union[Todo, Outcome], job: Job, enhancer_for: Callable[[], Any]) -> list[Outcome]:
+    from flashsr_tasks.enhance.per_file import process_file
+
+    return [item if isinstance(item, dict) else process_file(root, item.source, job, enhancer_for, item.known_sha256)]
+
+
+def _skips_until(work: Iterator[Union[Todo, Outcome]], count: int, todos: list[Todo]) -> Iterator[list[Outcome]]:
+    """Pass skips through until `count` Todos are in `todos` (or `work` ends): a pool is only
+    worth starting for a few files, and a re-run that skips everything holds nothing."""
+    for item in work:
+        if isinstance(item, dict):
+            yield [item]
+        else:
+            todos.append(item)
+            if len(todos) >= count:
+                return
+
+
+def _start_method() -> str:
+    # fork starts workers in milliseconds with the modules already imported; the resample
+    # path holds no threads or devices that fork could break.
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _init_pool(root: str, job: dict[str, Any], stop: Any) -> None:
+    _die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent alone handles it, by setting `stop`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    keep_freed_memory()
+    _pool_state.update(root=Path(root), job=Job.from_dict(job), stop=stop)
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)  # multiprocessing prints no traceback for SystemExit
+
+
+def _die_with_parent() -> None:
+    """A runner killed with SIGKILL cannot stop its pool; without this its processes would wait
+    on the task pipe forever. Linux only; elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _pool_process(chunk: list[Todo]) -> list[Outcome]:
+    from flashsr_tasks.enhance.enhancers import Resampler
+    from flashsr_tasks.enhance.per_file import process_file
+
+    root, job, stop = _pool_state["root"], _pool_state["job"], _pool_state["stop"]
+    outcomes = []
+    for source, known_sha256 in chunk:
+        if stop.is_set():
+            break  # the run is stopping: the rest of the chunk is left for the next run
+        outcomes.append(process_file(root, source, job, Resampler, known_sha256))
+    return outcomes

@@ -1,0 +1,259 @@
+"""A dynamic batcher: rows from many callers, one model call per batch, in one thread.
+
+Callers (threads preparing files) `submit` a block of rows and get a `Future`; one thread
+gathers queued rows into batches of at most `max_rows`, calls the model once per batch and
+hands each caller its rows back. numpy only; the model call is whatever function it is given.
+
+Rules (after Ray Serve's `@serve.batch`, Triton's dynamic batcher, TorchRL's inference server):
+- a batch starts when it is full, or when the oldest queued row has waited `max_wait_s`
+  (the deadline belongs to that row and never resets);
+- a block larger than one batch is split across batches; its future resolves once every row
+  is back, and fails as a whole if any of its slices failed (nothing partial reaches a caller);
+- any exception around the model call goes to every caller with a row in that batch; a model
+  that returns another number of rows is such an exception;
+- the queue is bounded (in rows): `submit` blocks while it is full, so fast producers cannot
+  fill memory (a block is admitted whenever the queue is below the bound, so no block waits forever);
+- `close` fails whatever is still pending;
+- the thread does nothing but collate, call the model and copy results: the CPU work of
+  each file stays in its caller's thread, which is where the overlap comes from;
+- with a `finish_batch` (an asynchronous device: `run_batch` only launches the work and
+  returns a handle, `finish_batch` waits for it), the next batch is launched before the
+  previous one is waited for and handed back, whenever the next one is ready by then, so the
+  device does not idle while results are copied out and callers woken.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[np.ndarray], Any]  # the output rows, or a handle for `finish_batch`
+FinishBatch = Callable[[Any], np.ndarray]
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was closed before this block's rows were done."""
+
+
+@dataclass
+class _Block:
+    rows: np.ndarray                 # [n, ...] float32
+    future: Future
+    queued_at: float
+    out: Optional[np.ndarray] = None
+    taken: int = 0                   # rows handed to a batch so far
+    done: int = 0                    # rows whose result is back
+    failed: bool = False
+
+
+@dataclass
+class _Launched:
+    live: list[tuple[_Block, int, int]]
+    rows: int
+    handle: Any
+    started: float
+
+
+@dataclass
+class BatcherStats:
+    """What the batcher did: for benchmarks and logs."""
+
+    batches: int = 0
+    rows: int = 0
+    busy_s: float = 0.0              # wall time inside the model call
+    started_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rows_per_batch(self) -> float:
+        return self.rows / self.batches if self.batches else 0.0
+
+
+class Batcher:
+    """One model, many callers: see the module docstring."""
+
+    def __init__(self, run_batch: RunBatch, max_rows: int, max_wait_s: float = 0.02,
+                 max_queued_rows: Optional[int] = None,
+                 thread_context: Optional[Callable[[], ContextManager]] = None,
+                 name: str = "flashsr-batcher", finish_batch: Optional[FinishBatch] = None) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be 0 or more, got {max_wait_s}")
+        self._run_batch = run_batch
+        self._finish_batch = finish_batch
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self.max_queued_rows = max_queued_rows or 4 * max_rows
+        self._thread_context = thread_context or contextlib.nullcontext
+        self._queue: deque[_Block] = deque()
+        self._queued_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self.stats = BatcherStats()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ callers' side
+
+    def submit(self, rows: np.ndarray) -> Future:
+        """Queue `rows` ([n, ...], n ≥ 1); the future gives the model's n output rows, in order."""
+        rows = np.asarray(rows)
+        if rows.ndim < 1 or rows.shape[0] == 0:
+            raise ValueError(f"submit needs at least one row, got shape {rows.shape}")
+        future: Future = Future()
+        with self._cond:
+            while self._queued_rows >= self.max_queued_rows and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise BatcherClosed("the model's batcher is closed (the worker is shutting down)")
+            self._queue.append(_Block(rows=rows, future=future, queued_at=time.monotonic()))
+            self._queued_rows += rows.shape[0]
+            self._cond.notify_all()
+        return future
+
+    def run(self, rows: np.ndarray) -> np.ndarray:
+        """`submit` and wait."""
+        return self.submit(rows).result()
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop taking rows, fail every block still queued, and wait for the thread."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+            self._cond.notify_all()
+        for block in pending:
+            _fail(block, BatcherClosed("the model's batcher was closed before these rows ran"))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------------ the batcher thread
+
+    def _next_batch(self, wait: bool = True) -> Optional[list[tuple[_Block, int, int]]]:
+        """Wait for a full batch or the oldest row's deadline; take up to max_rows rows (in
+        arrival order). None when closed; with `wait` false, [] when no batch is ready now."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._queue:
+                    waiting = self._queued_rows
+                    deadline = self._queue[0].queued_at + self.max_wait_s
+                    now = time.monotonic()
+                    if waiting >= self.max_rows or now >= deadline:
+                        break
+                    if not wait:
+                        return []
+                    self._cond.wait(deadline - now)
+                elif not wait:
+                    return []
+                else:
+                    self._cond.wait()
+            parts: list[tuple[_Block, int, int]] = []
+            room = self.max_rows
+            while room and self._queue:
+                block = self._queue[0]
+                start = block.taken
+                n = min(room, block.rows.shape[0] - start)
+                parts.append((block, start, start + n))
+                block.taken += n
+                room -= n
+                if block.taken == block.rows.shape[0]:
+                    self._queue.popleft()
+            self._queued_rows -= self.max_rows - room
+            self._cond.notify_all()  # room in the queue: wake blocked submitters
+            return parts
+
+    def _loop(self) -> None:
+        # e.g. torch.inference_mode: it is per thread, so it is entered here, in the model's thread
+        with self._thread_context():
+            self._serve()
+
+    def _serve(self) -> None:
+        in_flight: Optional[_Launched] = None  # launched, not yet waited for (finish_batch only)
+        while True:
+            parts = self._next_batch(wait=in_flight is None)
+            if parts is None:
+                if in_flight is not None:
+                    self._complete(in_flight)
+                return
+            launched = self._launch(parts) if parts else None
+            if in_flight is not None:
+                self._complete(in_flight)  # after the next batch is on its way
+            in_flight = launched
+            if in_flight is not None and self._finish_batch is None:
+                self._complete(in_flight)
+                in_flight = None
+
+    def _launch(self, parts: list[tuple[_Block, int, int]]) -> Optional[_Launched]:
+        # a block that failed in an earlier slice, or whose caller gave up on it, is not run
+        live = [(b, s, e) for b, s, e in parts if not b.failed and not b.future.cancelled()]
+        if not live:
+            return None
+        try:
+            first, start, end = live[0]
+            x = np.concatenate([b.rows[s:e] for b, s, e in live]) if len(live) > 1 else first.rows[start:end]
+            started = time.perf_counter()
+            return _Launched(live, x.shape[0], self._run_batch(x), started)
+        except BaseException as exc:  # every caller in this batch hears of it; the thread lives on
+            self._fail_batch(live, exc)
+            return None
+
+    def _complete(self, launched: _Launched) -> None:
+        live = launched.live
+        try:
+            y = np.asarray(self._finish_batch(launched.handle) if self._finish_batch else launched.handle)
+            self.stats.busy_s += time.perf_counter() - launched.started
+            if y.shape[0] != launched.rows:
+                raise RuntimeError(f"the model returned {y.shape[0]} rows for a batch of {launched.rows}")
+        except BaseException as exc:
+            self._fail_batch(live, exc)
+            return
+        self.stats.batches += 1
+        self.stats.rows += y.shape[0]
+        log.debug("model batch of %d row%s from %d caller%s", y.shape[0], "" if y.shape[0] == 1 else "s",
+                  len(live), "" if len(live) == 1 else "s")
+        offset = 0
+        for block, s, e in live:
+            if block.out is None:
+                block.out = np.empty((block.rows.shape[0], *y.shape[1:]), dtype=y.dtype)
+            block.out[s:e] = y[offset:offset + e - s]
+            offset += e - s
+            block.done += e - s
+            if block.done == block.rows.shape[0]:
+                _resolve(block)
+
+    @staticmethod
+    def _fail_batch(live: list[tuple[_Block, int, int]], exc: BaseException) -> None:
+        log.debug("batch of %d rows failed", sum(e - s for _, s, e in live), exc_info=True)
+        for block, _, _ in live:
+            _fail(block, exc)
+
+
+def _resolve(block: _Block) -> None:
+    try:
+        block.future.set_result(block.out)
+    except Exception:  # cancelled by its caller: nothing to hand back, and no reason to die
+        pass
+
+
+def _fail(block: _Block, exc: BaseException) -> None:
+    block.failed = True
+    try:
+        block.future.set_exception(exc)
+    except Exception:  # already resolved or cancelled
+        pass

@@ -1,0 +1,217 @@
+"""FlashSR on a device: load the library's model once, enhance audio of any length.
+
+Imports torch; `flashsr_tasks.enhance.enhancers` imports this module only when the model is wanted.
+The inference code is FlashSR's own (import name `FlashSR`, PyPI `polflashsr`), used as a
+dependency. What this module adds: the enhancer around the loaded model, which runs the
+library's forward in stages (`flashsr_tasks.model.staged_forward`: per-window noise, outputs
+independent of batching) on a model prepared once at load (`flashsr_tasks.model.fast_path`), with
+pinned, asynchronous copies on CUDA. Weights come from `flashsr_tasks.model.weights`, the library
+from `flashsr_tasks.model.library`, the device from `flashsr_tasks.model.devices`, the settings
+from `flashsr_tasks.config`. Resampling, windows, the input low-pass and batching across
+files come from `flashsr_tasks.model.batched_enhancer`.
+
+Settings (environment, read in `flashsr_tasks.config`; `load_flashsr` arguments take precedence):
+
+    FLASHSR_BATCH_SIZE     windows (channel rows) per forward pass; default 4 on CUDA, 1 on the CPU.
+                           Memory grows with it; throughput on a GPU too, on a CPU hardly at all.
+    FLASHSR_LOWPASS_INPUT  1/0. Low-pass each window at its own detected cutoff before the model,
+                           as FlashSR's `lowpass_input` does ("can help reduce discrepancy between
+                           training data and inference data"). Upstream default: on (the default of
+                           `FlashSR.forward`); upstream's README example passes it off. Default here: on.
+    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA for the UNet and the VAE.
+                           Ignored on the CPU. A batch that is not finite under fp16 runs again in float32.
+    FLASHSR_VOCODER_DTYPE  float32 (default) | bf16: the SR vocoder's own precision (most of the time).
+    FLASHSR_TF32           1/0 (default 0): TF32 matmuls and convolutions on CUDA.
+    FLASHSR_TORCH_THREADS  torch's CPU threads when the model is on a GPU (default 1: the task threads'
+                           STFTs would each take every core).
+    FLASHSR_COMPILE_VOCODER 1/0 (default 0): torch.compile the SR vocoder (checked on a GPU only).
+    FLASHSR_FIXED_SHAPES   1/0 (default: 1 on CUDA, 0 on the CPU): pad batches to powers of two up to
+                           the batch size, and let cuDNN autotune those shapes.
+    FLASHSR_BATCH_WAIT_MS  see `flashsr_tasks.model.batched_enhancer`.
+
+Also honoured (see `flashsr_tasks.model.weights`): FLASHSR_MODEL_DIR, FLASHSR_CACHE_DIR,
+FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar
+
+import numpy as np
+import torch
+
+from flashsr_tasks import config
+from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
+from flashsr_tasks.model.devices import resolve_device
+from flashsr_tasks.model.fast_path import drop_unused_hifigan, fold_weight_norm, padded_rows, set_cuda_math
+from flashsr_tasks.model.library import FlashSRModel, build_model, import_library
+from flashsr_tasks.model.lowpass import lowpass_rows
+from flashsr_tasks.model.staged_forward import StagedForward
+from flashsr_tasks.model.weights import ModelUnavailable, locate_weights
+from flashsr_tasks.model.window_noise import SEED
+from flashsr_tasks.model.windows import DEFAULT_OVERLAP
+
+__all__ = ["FlashSREnhancer", "ModelUnavailable", "SEED", "load_flashsr"]
+
+log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+VOCODER_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+T = TypeVar("T")
+
+
+def _setting(read: Callable[[], T]) -> T:
+    # a bad setting makes the model unavailable (warning, resample), not a crashed worker
+    try:
+        return read()
+    except ValueError as exc:
+        raise ModelUnavailable(str(exc)) from None
+
+
+@dataclass
+class _LaunchedRows:
+    batch: np.ndarray                   # as run (padded)
+    rows: int                           # real rows
+    out: torch.Tensor                   # float32 on the host (pinned on CUDA)
+    done: Optional[Any]                 # a CUDA event: the copy back has landed; None on the CPU
+
+
+class FlashSREnhancer(BatchedEnhancer):
+    """The `Enhancer` for FlashSR: float32 `[frames, channels]` at any rate → 48 kHz, same duration.
+
+    Windows of every file this process enhances share the model's batches (`BatchedEnhancer`);
+    each window's output is the library's own forward for that window alone after
+    `torch.manual_seed(SEED)` (`StagedForward`)."""
+
+    def __init__(self, model: FlashSRModel, device: torch.device, label: str, *, batch_size: int,
+                 lowpass: bool, autocast: str, vocoder_dtype: str = "float32", fixed_shapes: bool = False,
+                 overlap: int = DEFAULT_OVERLAP, max_wait_s: Optional[float] = None) -> None:
+        super().__init__(self.launch_rows, batch_size=batch_size, model=label, device=str(device),
+                         prepare_rows=lowpass_rows if lowpass else None, max_wait_s=max_wait_s,
+                         overlap=overlap, thread_context=torch.inference_mode, finish_batch=self.finish_rows)
+        self._model = model
+        self._device = device
+        self.lowpass_input = lowpass
+        self.autocast = autocast
+        self.vocoder_dtype = vocoder_dtype
+        self.fixed_shapes = fixed_shapes
+        self.staged = StagedForward(model, device, AUTOCAST_DTYPES[autocast], VOCODER_DTYPES[vocoder_dtype])
+        self._float32: Optional[StagedForward] = None  # fp16's rerun of a non-finite batch
+        self.padded_rows = 0  # rows run only to fill a fixed batch shape
+
+    @property
+    def module(self) -> FlashSRModel:
+        """The library's FlashSR module, as loaded and prepared (`flashsr_tasks.model.fast_path`)."""
+        return self._model
+
+    def forward_rows(self, batch: np.ndarray) -> np.ndarray:
+        """float32 `[rows, WINDOW]` → the model's output rows, each as if run alone after the seed."""
+        return self.finish_rows(self.launch_rows(batch))
+
+    def launch_rows(self, batch: np.ndarray) -> _LaunchedRows:
+        """Start one forward pass (the model's thread): on CUDA the copy in, the pass and the copy
+        back are queued and this returns while they run; `finish_rows` waits."""
+        rows = batch.shape[0]
+        size = padded_rows(rows, self.batch_size) if self.fixed_shapes else rows
+        if size > rows:  # copies of the last row: real audio, finite, dropped afterwards
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+            self.padded_rows += size - rows
+        return _LaunchedRows(batch, rows, *self._launch(self.staged, batch))
+
+    def finish_rows(self, launched: _LaunchedRows) -> np.ndarray:
+        if launched.done is not None:
+            launched.done.synchronize()  # the copy back has landed in the pinned buffer
+        y = launched.out
+        if self.autocast == "fp16" and not bool(torch.isfinite(y).all()):
+            # fp16 overflows where bf16 and float32 do not: this batch again, in float32
+            log.warning("a batch was not finite under fp16 autocast; it runs again in float32")
+            if self._float32 is None:
+                self._float32 = StagedForward(self._model, self._device, None, VOCODER_DTYPES[self.vocoder_dtype])
+            out, done = self._launch(self._float32, launched.batch)
+            if done is not None:
+                done.synchronize()
+            y = out
+        return y[:launched.rows].numpy()
+
+    def _launch(self, staged: StagedForward, batch: np.ndarray) -> tuple[torch.Tensor, Optional[Any]]:
+        host = torch.from_numpy(batch)
+        if self._device.type != "cuda":
+            return staged.forward(host).float(), None
+        # pinned memory: the copies are asynchronous DMA; the one wait is for the copy back
+        x = host.pin_memory().to(self._device, non_blocking=True)
+        y = staged.forward(x)
+        out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+        out.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return out, done
+
+    def _check(self, out: np.ndarray) -> None:
+        if not np.isfinite(out).all():
+            raise RuntimeError("FlashSR produced non-finite samples"
+                               + (f" under {self.autocast} autocast: try FLASHSR_AUTOCAST=off"
+                                  if self.autocast != "off" else ""))
+
+
+def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_size: Optional[int] = None,
+                 lowpass_input: Optional[bool] = None, autocast_dtype: Optional[str] = None,
+                 overlap: int = DEFAULT_OVERLAP, vocoder_dtype: Optional[str] = None,
+                 fixed_shapes: Optional[bool] = None) -> FlashSREnhancer:
+    """Load FlashSR once: weights from `model_dir` / FLASHSR_MODEL_DIR / the Hub cache, onto `device`.
+
+    Arguments left as None come from the environment (see the module docstring). Raises
+    `ModelUnavailable` (one sentence) when the library, the weights or the device cannot be used.
+    """
+    # Weights first: when they are missing, say so before seconds of library imports and
+    # before a device warning that would not matter.
+    weights = locate_weights(model_dir)
+    torch_device = resolve_device(device)
+    batch_size = batch_size or _setting(lambda: config.model_batch_size(torch_device.type == "cuda"))
+    lowpass_input = _setting(config.lowpass_input) if lowpass_input is None else lowpass_input
+    autocast = _setting(config.autocast_name) if autocast_dtype is None else autocast_dtype.strip().lower()
+    if autocast not in AUTOCAST_DTYPES:
+        raise ModelUnavailable(f"autocast must be off, bf16 or fp16, got {autocast!r}")
+    if autocast != "off" and torch_device.type != "cuda":
+        log.warning("FLASHSR_AUTOCAST=%s applies to CUDA only; the CPU runs in float32", autocast)
+    on_cuda = torch_device.type == "cuda"
+    vocoder_dtype = _setting(config.vocoder_dtype_name) if vocoder_dtype is None else vocoder_dtype
+    if vocoder_dtype not in VOCODER_DTYPES:
+        raise ModelUnavailable(f"the vocoder's dtype must be float32 or bf16, got {vocoder_dtype!r}")
+    fixed_shapes = _setting(lambda: config.fixed_shapes(on_cuda)) if fixed_shapes is None else fixed_shapes
+    tf32 = _setting(config.tf32)
+
+    flashsr_class, _ = import_library()
+    try:
+        model = build_model(flashsr_class, weights)
+        model.eval().requires_grad_(False)  # the VAE has dropout: inference needs eval mode
+        folded = fold_weight_norm(model)  # before the move: the device gets plain weights only
+        freed = drop_unused_hifigan(model)
+        model.sr_vocoder.to(VOCODER_DTYPES[vocoder_dtype])
+        model.to(torch_device)
+        model.vae.to(torch_device)  # a plain object, not a submodule: .to() above does not reach it
+    except ModelUnavailable:
+        raise
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelUnavailable(
+            f"the FlashSR weights ({weights.label}) could not be loaded on {torch_device} "
+            f"({type(exc).__name__}: {first_line}): check the three files or fetch them again with "
+            "flashsr-download") from None
+
+    if on_cuda:
+        set_cuda_math(tf32=tf32, autotune=fixed_shapes)
+        torch.set_num_threads(_setting(config.torch_threads_with_gpu))
+    if _setting(config.compile_vocoder):
+        # static shapes: with fixed batch shapes, one compile per padded size
+        model.sr_vocoder = torch.compile(model.sr_vocoder, dynamic=False)
+    enhancer = FlashSREnhancer(
+        model, torch_device, weights.label, batch_size=batch_size, lowpass=lowpass_input,
+        autocast=autocast if on_cuda else "off", vocoder_dtype=vocoder_dtype, fixed_shapes=fixed_shapes,
+        overlap=overlap)
+    log.info("FlashSR loaded: %s on %s, batch size %d (waiting up to %d ms to fill), input low-pass %s, "
+             "autocast %s, vocoder %s, TF32 %s, fixed shapes %s; %d weight-normed layers folded, "
+             "%.0f MB of unused HiFi-GAN dropped", enhancer.model, enhancer.device, enhancer.batch_size,
+             enhancer.max_wait_s * 1000, "on" if enhancer.lowpass_input else "off", enhancer.autocast,
+             vocoder_dtype, "on" if tf32 and on_cuda else "off", "on" if fixed_shapes else "off", folded, freed / 1e6)
+    return enhancer

@@ -1,0 +1,162 @@
+"""`flashsr-eval`'s work: narrow-band inputs simulated from full-band references, enhanced by
+the one per-file function a run uses, scored against the references.
+
+For each reference (44.1 or 48 kHz) and each rate: the reference is brought down to the rate
+by soxr's very-high-quality resampler, whose anti-alias low-pass (linear phase, pass band to
+~95 % of the new Nyquist, stop band at it) is the standard simulation of a narrow-band
+recording; the result is written as a 32-bit float WAV under `<work>/<rate>/input/`, so no
+quantisation noise enters the comparison. `enhance.per_file.process_file` then enhances it exactly as
+a run would (the model when it loads, else resampling; FLASHSR_KEEP_INPUT_BAND honoured) into
+`<work>/<rate>/output/`. The 48 kHz output is brought to the reference's rate (a no-op at
+48 kHz; at 44.1 kHz the reference has nothing above 22.05 kHz to compare with) and both are
+mixed to mono, as ssr_eval reads them, before scoring (flashsr_tasks.quality.scores).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, cast
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from flashsr_tasks.audio.containers import AudioError
+from flashsr_tasks.audio.reading import read_source
+from flashsr_tasks.enhance.enhancers import Enhancer
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.files.discovery import discover_sources
+from flashsr_tasks.manifest.records import FAILED, Record
+from flashsr_tasks.quality.scores import log_spectral_distance, si_sdr_db
+from flashsr_tasks.runs.job import Job
+
+FULL_BAND_RATES = (44100, 48000)
+
+
+@dataclass(frozen=True)
+class FileScore:
+    reference: str  # relative to the references folder
+    input: str      # relative to the work folder
+    output: str     # relative to the work folder
+    lsd: float
+    lsd_hf: float
+    lsd_lf: float
+    si_sdr_db: float
+    gain_db: Optional[float]             # the record's: a gain below 0 dB kept peaks inside full scale
+    kept_input_band_hz: Optional[int]    # the record's: FLASHSR_KEEP_INPUT_BAND's kept band, if applied
+
+
+@dataclass
+class RateMethodScores:
+    rate: int
+    method: str
+    files: list[FileScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        means = {key: _mean(getattr(f, key) for f in self.files) for key in ("lsd", "lsd_hf", "lsd_lf", "si_sdr_db")}
+        return {"rate": self.rate, "method": self.method, **means, "files": [asdict(f) for f in self.files]}
+
+
+@dataclass
+class Evaluation:
+    results: list[RateMethodScores] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)   # one sentence per reference not used
+    failures: list[str] = field(default_factory=list)  # one sentence per enhancement that failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [r.to_dict() for r in self.results], "refused": self.refused, "failures": self.failures}
+
+
+def evaluate(references: Path, rates: Iterable[int], work_dir: Path, enhancer_for: Callable[[], Enhancer],
+             device: str = "cpu", model_dir: Optional[str] = None,
+             on_refused: Optional[Callable[[str], None]] = None) -> Evaluation:
+    """Score every full-band reference under `references` at every rate in `rates`."""
+    rates = sorted(set(rates))
+    evaluation = Evaluation()
+    groups: dict[tuple[int, str], RateMethodScores] = {}
+    taken_inputs: set[str] = set()
+    for reference in discover_sources(references):
+        try:
+            source = read_source(references / reference)
+        except AudioError as exc:
+            _refuse(evaluation, on_refused, f"{reference} {exc}")
+            continue
+        if source.rate not in FULL_BAND_RATES:
+            _refuse(evaluation, on_refused, f"{reference} is at {source.rate} Hz; a reference must be full-band "
+                                            f"audio at 44100 or 48000 Hz")
+            continue
+        input_name = _input_name(reference, taken_inputs)
+        target = source.audio.mean(axis=1)
+        for rate in rates:
+            score = _score_one(source.audio, source.rate, target, rate, reference, input_name, work_dir,
+                               enhancer_for, device, model_dir, evaluation)
+            if score is not None:
+                method, file_score = score
+                groups.setdefault((rate, method), RateMethodScores(rate, method)).files.append(file_score)
+    evaluation.results = [groups[key] for key in sorted(groups)]
+    return evaluation
+
+
+def simulate_input(audio: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
+    """Full-band `audio` `[frames, channels]` at `rate` as a recording made at `to_rate` would hold
+    it: anti-alias low-passed at `to_rate`/2 and resampled (soxr VHQ does both in one linear-phase
+    filter)."""
+    return soxr.resample(audio, rate, to_rate, quality="VHQ").astype(np.float32)
+
+
+def _score_one(audio: np.ndarray, reference_rate: int, target: np.ndarray, rate: int, reference: str,
+               input_name: str, work_dir: Path, enhancer_for: Callable[[], Enhancer], device: str,
+               model_dir: Optional[str], evaluation: Evaluation) -> Optional[tuple[str, FileScore]]:
+    input_root = (work_dir / str(rate) / "input").resolve()
+    output_root = (work_dir / str(rate) / "output").resolve()
+    input_path = input_root / input_name
+    input_path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(input_path), simulate_input(audio, reference_rate, rate), rate, subtype="FLOAT")
+    # force: a simulated input at 32 kHz or more would otherwise be judged full-band and left alone
+    job = Job(root=str(input_root), device=device, model_dir=model_dir, force=True, overwrite=True,
+              output_dir=str(output_root))
+    outcome = process_file(input_root, input_name, job, enhancer_for)
+    if outcome["outcome"] == FAILED or outcome["record"] is None:
+        error = outcome["record"] and cast(Record, outcome["record"])["error"]
+        evaluation.failures.append(error or f"{input_name} was not enhanced")
+        return None
+    record = cast(Record, outcome["record"])  # forced: never a full-band entry
+    output_path = output_root / str(record["output_path"])
+    enhanced, output_rate = sf.read(str(output_path), dtype="float32", always_2d=True)
+    estimate = enhanced.mean(axis=1)
+    if output_rate != reference_rate:
+        estimate = soxr.resample(estimate, output_rate, reference_rate, quality="VHQ")
+    distance = log_spectral_distance(estimate, target, reference_rate, split_hz=rate / 2)
+    work = work_dir.resolve()
+    return str(record["method"]), FileScore(
+        reference=reference,
+        input=input_path.relative_to(work).as_posix(),
+        output=output_path.relative_to(work).as_posix(),
+        lsd=distance.lsd, lsd_hf=distance.lsd_hf, lsd_lf=distance.lsd_lf,
+        si_sdr_db=si_sdr_db(estimate, target),
+        gain_db=record.get("gain_db"),
+        kept_input_band_hz=record.get("kept_input_band_hz"),
+    )
+
+
+def _input_name(reference: str, taken: set[str]) -> str:
+    """The simulated input's relative name: the reference's with a .wav suffix (its whole name
+    and .wav when two references would share one)."""
+    stem, dot, _ = reference.rpartition(".")
+    name = f"{stem}.wav" if dot else f"{reference}.wav"
+    if name in taken:
+        name = f"{reference}.wav"
+    taken.add(name)
+    return name
+
+
+def _refuse(evaluation: Evaluation, on_refused: Optional[Callable[[str], None]], sentence: str) -> None:
+    evaluation.refused.append(sentence)
+    if on_refused:
+        on_refused(sentence)
+
+
+def _mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")

@@ -1,0 +1,1 @@
+"""The command lines: `flashsr-enhance`, `flashsr-eval`, `flashsr-report`, and their exit statuses."""
