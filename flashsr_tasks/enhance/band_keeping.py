@@ -1,16 +1,8 @@
 """FLASHSR_KEEP_INPUT_BAND: the input's own content below its band edge, the model's above.
 
-FlashSR regenerates the whole spectrum, the band it was given included, and nothing in the
-model guarantees that band comes out as it went in. With the setting on, the output is the
-source resampled to 48 kHz (the resample path's own result: linear phase, delay-compensated,
-so time-aligned with the model's output) below the crossover, and the model's output above it.
-
-Where: the band edge is measured on the resampled source with the selection's cliff detector
-(`selection.band_edge_hz`: the point below which the input is at full level), or, when it
-finds no cliff, 90 % of the source's Nyquist (a resampler's pass band ends there or above).
-The crossover (flashsr_tasks.audio.crossover) hands over in the `CROSSOVER_HZ` just below that
-edge, where the input still has its full level, so a model that fills the band above the edge
-joins it without a dip. Below `edge − CROSSOVER_HZ` the output is the input's alone.
+Below `edge − CROSSOVER_HZ` the output is the source resampled to 48 kHz, time-aligned with the model's output;
+a crossover joins the two. docs/quality.md, "`FLASHSR_KEEP_INPUT_BAND=1`: the input's own band", explains where
+the edge lies and how the crossover hands over.
 """
 from __future__ import annotations
 

@@ -1,21 +1,8 @@
 """The record journal: an append-only file of JSON lines beside manifest.json.
 
-Finished files' records are appended here while a run goes on, so a run killed at any moment
-keeps them; `store.fold` later moves them into manifest.json (at the end of a run, at the
-start of the next one, and when the journal grows large). Ideas from SQLite's WAL and Redis'
-append-only file:
-
-- A batch of records is committed by one `os.write` of whole lines on an `O_APPEND`
-  descriptor, under the manifest's lock (appends from several processes never interleave,
-  even on filesystems where `O_APPEND` alone is not enough).
-- On replay only the last line may be torn (a writer killed mid-write): it is dropped with a
-  warning and cut away before the next append. A damaged line anywhere else is an error: it
-  means something other than a crash touched the file, and hiding it would lose records.
-- Replay is idempotent: the last line per source wins, so folding twice changes nothing.
-
-Appends are not fsynced one by one (that would halve the resampling throughput): they survive
-a killed process at once, and a power cut once `fsync` ran (the chord callbacks sync every
-chunk, the in-process runner at most once a second, a fold always).
+Records are appended while a run goes on, so a run killed at any moment keeps them; `store.fold` moves them into
+manifest.json. On replay only the last line may be torn. docs/manifest.md, "When a record reaches manifest.json",
+explains appends, replay and when they reach the disk.
 """
 from __future__ import annotations
 

@@ -1,20 +1,8 @@
 """The stage's manifest.json: one record per source, kept durably through a journal.
 
-Writers never rewrite manifest.json per file or per chunk: `append_records` adds records to
-the journal beside it (flashsr_tasks.manifest.journal), and `fold` moves the journal into manifest.json
-in one atomic replace (at the end of a run, at the start of the next, and whenever the journal
-outgrows `FOLD_RATIO` × the manifest, above `FOLD_FLOOR_BYTES`: manifest rewrites then grow
-geometrically, so the bytes a run writes stay within a small multiple of the final manifest).
-
-Every writer holds the same lock file, so concurrent runs on one root serialise; manifest.json
-is replaced atomically, so a reader never sees half-written JSON; other keys and other stages'
-records are kept as they are. Full-band judgements (flashsr_tasks.manifest.full_band) travel the same
-way into manifest.json's own `"full_band"` list: a source's last journaled line, record or
-entry, decides which of the two lists holds it.
-
-manifest.json is written one record per line (`layout.Writer`). That layout is read back as a stream
-(`layout.events`), so folding a journal into a manifest of a million records holds neither of them
-in memory; a manifest that someone reformatted is read whole once and written back in it.
+`append_records` adds records to the journal; `fold` moves it into manifest.json in one atomic replace, streamed,
+under the lock every writer holds. docs/manifest.md, "When a record reaches manifest.json", explains when folds
+happen, concurrent runs and the bytes written; "Full-band files", the second list.
 """
 from __future__ import annotations
 

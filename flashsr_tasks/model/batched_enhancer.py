@@ -1,16 +1,8 @@
 """An `Enhancer` whose model runs behind a `Batcher`: many files share each forward pass.
 
-`enhance` runs in the caller's thread (a Celery task's thread, or one of the in-process
-pipeline's threads): resample to 48 kHz, cut windows, prepare each window (the input
-low-pass), submit the rows to the process-wide batcher, blend what comes back. Only the
-model call itself runs in the batcher's thread. With several files in flight, their rows
-share batches and their CPU work overlaps the model's. numpy only: the model, FlashSR or a
-stand-in, is the `run_batch` function given.
-
-Settings (environment):
-
-    FLASHSR_BATCH_WAIT_MS  how long the oldest queued window may wait for a batch to fill
-                           (default 30). Longer fills batches better when files arrive slowly.
+`enhance` runs in the caller's thread; only the model call runs in the batcher's thread. numpy only: the model is
+the `run_batch` function given. `FLASHSR_BATCH_WAIT_MS`: the README's configuration tables. docs/gpu-worker.md,
+"The batcher", explains the split.
 """
 from __future__ import annotations
 
@@ -31,7 +23,7 @@ PrepareRows = Callable[[np.ndarray], np.ndarray]
 
 
 class BatchedEnhancer:
-    """Windows of any number of files, batched across files for one model (see the module docstring).
+    """Windows of any number of files, batched across files for one model (docs/gpu-worker.md).
 
     `run_batch`: float32 `[rows, WINDOW]` → same shape, called in the batcher's thread only.
     `prepare_rows`: per-window CPU work before the model (the input low-pass), in the caller's thread.

@@ -1,25 +1,8 @@
 """A dynamic batcher: rows from many callers, one model call per batch, in one thread.
 
-Callers (threads preparing files) `submit` a block of rows and get a `Future`; one thread
-gathers queued rows into batches of at most `max_rows`, calls the model once per batch and
-hands each caller its rows back. numpy only; the model call is whatever function it is given.
-
-Rules (after Ray Serve's `@serve.batch`, Triton's dynamic batcher, TorchRL's inference server):
-- a batch starts when it is full, or when the oldest queued row has waited `max_wait_s`
-  (the deadline belongs to that row and never resets);
-- a block larger than one batch is split across batches; its future resolves once every row
-  is back, and fails as a whole if any of its slices failed (nothing partial reaches a caller);
-- any exception around the model call goes to every caller with a row in that batch; a model
-  that returns another number of rows is such an exception;
-- the queue is bounded (in rows): `submit` blocks while it is full, so fast producers cannot
-  fill memory (a block is admitted whenever the queue is below the bound, so no block waits forever);
-- `close` fails whatever is still pending;
-- the thread does nothing but collate, call the model and copy results: the CPU work of
-  each file stays in its caller's thread, which is where the overlap comes from;
-- with a `finish_batch` (an asynchronous device: `run_batch` only launches the work and
-  returns a handle, `finish_batch` waits for it), the next batch is launched before the
-  previous one is waited for and handed back, whenever the next one is ready by then, so the
-  device does not idle while results are copied out and callers woken.
+Callers `submit` a block of rows and get a `Future`; the thread only collates, calls the model (whatever function it
+is given; numpy only) and copies rows back, so each file's CPU work stays in its caller's thread.
+docs/gpu-worker.md, "The batcher", gives its rules: when a batch starts, failures, the bound, `finish_batch`.
 """
 from __future__ import annotations
 
@@ -78,7 +61,7 @@ class BatcherStats:
 
 
 class Batcher:
-    """One model, many callers: see the module docstring."""
+    """One model, many callers (docs/gpu-worker.md, "The batcher")."""
 
     def __init__(self, run_batch: RunBatch, max_rows: int, max_wait_s: float = 0.02,
                  max_queued_rows: Optional[int] = None,

@@ -1,36 +1,8 @@
-"""FlashSR on a device: load the library's model once, enhance audio of any length.
+"""FlashSR on a device: `load_flashsr` loads the library's model once; `FlashSREnhancer` enhances audio of any length.
 
-Imports torch; `flashsr_tasks.enhance.enhancers` imports this module only when the model is wanted.
-The inference code is FlashSR's own (import name `FlashSR`, PyPI `polflashsr`), used as a
-dependency. What this module adds: the enhancer around the loaded model, which runs the
-library's forward in stages (`flashsr_tasks.model.staged_forward`: per-window noise, outputs
-independent of batching) on a model prepared once at load (`flashsr_tasks.model.fast_path`), with
-pinned, asynchronous copies on CUDA. Weights come from `flashsr_tasks.model.weights`, the library
-from `flashsr_tasks.model.library`, the device from `flashsr_tasks.model.devices`, the settings
-from `flashsr_tasks.config`. Resampling, windows, the input low-pass and batching across
-files come from `flashsr_tasks.model.batched_enhancer`.
-
-Settings (environment, read in `flashsr_tasks.config`; `load_flashsr` arguments take precedence):
-
-    FLASHSR_BATCH_SIZE     windows (channel rows) per forward pass; default 4 on CUDA, 1 on the CPU.
-                           Memory grows with it; throughput on a GPU too, on a CPU hardly at all.
-    FLASHSR_LOWPASS_INPUT  1/0. Low-pass each window at its own detected cutoff before the model,
-                           as FlashSR's `lowpass_input` does ("can help reduce discrepancy between
-                           training data and inference data"). Upstream default: on (the default of
-                           `FlashSR.forward`); upstream's README example passes it off. Default here: on.
-    FLASHSR_AUTOCAST       off (default) | bf16 | fp16: mixed precision on CUDA for the UNet and the VAE.
-                           Ignored on the CPU. A batch that is not finite under fp16 runs again in float32.
-    FLASHSR_VOCODER_DTYPE  float32 (default) | bf16: the SR vocoder's own precision (most of the time).
-    FLASHSR_TF32           1/0 (default 0): TF32 matmuls and convolutions on CUDA.
-    FLASHSR_TORCH_THREADS  torch's CPU threads when the model is on a GPU (default 1: the task threads'
-                           STFTs would each take every core).
-    FLASHSR_COMPILE_VOCODER 1/0 (default 0): torch.compile the SR vocoder (checked on a GPU only).
-    FLASHSR_FIXED_SHAPES   1/0 (default: 1 on CUDA, 0 on the CPU): pad batches to powers of two up to
-                           the batch size, and let cuDNN autotune those shapes.
-    FLASHSR_BATCH_WAIT_MS  see `flashsr_tasks.model.batched_enhancer`.
-
-Also honoured (see `flashsr_tasks.model.weights`): FLASHSR_MODEL_DIR, FLASHSR_CACHE_DIR,
-FLASHSR_WEIGHTS_REPO, FLASHSR_WEIGHTS_REVISION, HF_HUB_OFFLINE, HF_TOKEN.
+Imports torch: `flashsr_tasks.enhance.enhancers` imports this module only when the model is wanted. Settings: the
+README's configuration tables (`load_flashsr`'s arguments take precedence). docs/gpu.md, "Module map" and "The fast
+path", explains the parts it puts together; "Other settings" adds what the tables leave out.
 """
 from __future__ import annotations
 
@@ -160,7 +132,7 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
                  fixed_shapes: Optional[bool] = None) -> FlashSREnhancer:
     """Load FlashSR once: weights from `model_dir` / FLASHSR_MODEL_DIR / the Hub cache, onto `device`.
 
-    Arguments left as None come from the environment (see the module docstring). Raises
+    Arguments left as None come from the environment (README, "Configuration"). Raises
     `ModelUnavailable` (one sentence) when the library, the weights or the device cannot be used.
     """
     # Weights first: when they are missing, say so before seconds of library imports and

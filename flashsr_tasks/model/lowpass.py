@@ -1,23 +1,8 @@
 """FlashSR's input low-pass, per window, with the library's results and less CPU.
 
-Upstream's `lowpass_input` detects a cutoff (`UtilAudioSR.find_cutoff_freq`) and applies an
-order-8 Chebyshev low-pass (`UtilAudioLowPassFilter.lowpass`: `sosfiltfilt`, then
-`resample_poly` down to twice the cutoff and back up). The same arithmetic is done here
-(same STFT, same filter, same resampling filters), with two costs removed:
-
-- the cutoff search: upstream walks the cumulative energy from the top bin down in a Python
-  loop over torch scalars (~5 ms); here one vectorised comparison finds the same bin;
-- subnormal numbers: in the zero padding of a short file's window the filter's response
-  decays through subnormal floats, which cost the CPU 20-100x more per operation; a floor of
-  1e-30, added before and taken away after, keeps them away (the output moves by < 1e-29);
-- the resampling filters: `resample_poly` designs a Kaiser-windowed FIR of 20·max(up, down)+1
-  taps on every call (for a cutoff of 3703 Hz: 3703/24000, 480,001 taps, ~100 ms); here each
-  (up, down) pair's filter is designed once and passed in as the window, which
-  `resample_poly` then uses as is.
-
-The results are the library's to within 1e-29 (tests compare both on windows of speech,
-noise, silence and zero-padded short files, at many cutoffs). numpy, scipy
-and torch only; called from the threads that prepare files, never from the model's thread.
+The library's cutoff detector and Chebyshev filter, same arithmetic, without three of its costs; called from the
+threads that prepare files, never from the model's thread. docs/gpu-worker.md, "The input low-pass", explains each
+cost and how the results are checked against the library's.
 """
 from __future__ import annotations
 

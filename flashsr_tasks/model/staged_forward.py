@@ -1,20 +1,8 @@
 """FlashSR's forward pass in four timed stages, from the library's own pieces, for the hot path.
 
-`FlashSR.forward` (with `lowpass_input=False`) is: normalise each row, mel spectrogram, VAE
-encode and posterior sample, one DPM-Solver step of the UNet from Gaussian noise, VAE decode
-to a mel, SR vocoder, de-normalise. `StagedForward` calls the same modules in the same order
-(`vae_encode`, `unet`, `vae_decode`, `vocoder`), and differs only where the library costs
-time without changing the result:
-
-- noise: each row gets what a lone window draws right after `torch.manual_seed(SEED)` (the
-  VAE posterior's draw on the CPU generator, then the diffusion start on the model's device),
-  drawn once per process and broadcast over the rows, with no hook on every torch call
-  (`flashsr_tasks.model.window_noise.PerWindowNoise` is the test that the library draws exactly this);
-- the scheduler's configuration (the betas copied to the CPU) is built once, not per pass;
-- the mel spectrogram skips the library's `torch.min/max` checks (each a host-device sync; the
-  normalised rows are within ±0.5, so they never fire) and its tqdm bar is never created;
-- precision per stage: the UNet and the VAE under `autocast` (when asked), the vocoder in its
-  own dtype (float32 unless bf16 is asked for).
+`StagedForward` calls the library's modules in its order (`vae_encode`, `unet`, `vae_decode`, `vocoder`) and differs
+only where the library costs time without changing the result. docs/gpu.md, "The model and its quirks", lists those
+differences (noise, scheduler, mel checks, tqdm); "Precision policy", each stage's precision.
 """
 from __future__ import annotations
 

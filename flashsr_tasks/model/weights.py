@@ -1,19 +1,8 @@
 """Where FlashSR's three checkpoints come from: a given folder, else one Hub download into the cache.
 
-Order: `model_dir` argument → env `FLASHSR_MODEL_DIR` → the Hugging Face repo
-`FLASHSR_WEIGHTS_REPO` at `FLASHSR_WEIGHTS_REVISION`, fetched once into `FLASHSR_CACHE_DIR`
-(only the three files). The repo is a dataset repo (the original, `jakeoneijk/FlashSR_weights`)
-unless `FLASHSR_WEIGHTS_REPO_TYPE=model` or the name starts with `models/` (mirrors are often
-model repos); the three files may lie in a sub-folder of the snapshot. A cached snapshot is used
-without touching the network; a download runs under a file lock, so two workers starting together
-download once. Every failure
-(offline, unreachable, gated/401, missing files, huggingface_hub not installed) becomes
-`ModelUnavailable` with one sentence saying what to do; nothing here retries in a loop.
-
-torch-free, and huggingface_hub is imported only when a download is actually needed, so a
-cpu worker can import this module with neither installed.
-
-`flashsr-download` (`main`) fetches the weights ahead of time, for images and air-gapped hosts.
+Every failure becomes `ModelUnavailable` with one sentence, never a retry loop; torch-free, and huggingface_hub is
+imported only for a download. `main` is `flashsr-download`. docs/model.md, "Weights", "Mirrors" and "Ahead of
+time", explains the order, the repo types and the cache.
 """
 from __future__ import annotations
 

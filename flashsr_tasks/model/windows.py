@@ -1,23 +1,7 @@
 """Run a fixed-length model over audio of any length: overlapping windows, cross-faded.
 
-FlashSR takes exactly `WINDOW` samples per row. Like demucs' `apply_model`, longer audio is
-cut into overlapping windows, every channel of every window is one batch row, and the
-model's outputs are blended back with a cross-fade. numpy only: no torch here, so the
-arithmetic is testable (and usable) without the model.
-
-Layout: windows start every `window - overlap` samples; the last one is aligned with the
-end of the audio (so every window holds real audio, never a padded tail), and audio
-shorter than one window is zero-padded and the output trimmed.
-
-Cross-fade: windows are applied in order. Where window k overlaps what is already
-written, the output becomes `out + w * (y - out)` with `w` rising from ~0 to ~1 across
-the overlap (half a raised cosine). The weights of old and new content are `1 - w` and
-`w`, summing to one everywhere by construction; when old and new agree the output is
-unchanged bit for bit, so an identity model reconstructs its input exactly. Both windows'
-edge samples get a weight near zero, which hides the edge artefacts of each window.
-
-Memory: windows are cut from the input one batch at a time and accumulated straight
-into the output, so beyond the input and output arrays only one batch is held.
+numpy only, so testable without the model. The cross-fade's weights sum to one, so an identity model reconstructs
+its input bit for bit. docs/model.md, "Windows", explains the layout, the cross-fade and the memory held.
 """
 from __future__ import annotations
 

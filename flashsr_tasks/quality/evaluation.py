@@ -1,15 +1,7 @@
 """`flashsr-eval`'s work: narrow-band inputs simulated from full-band references, enhanced by
 the one per-file function a run uses, scored against the references.
 
-For each reference (44.1 or 48 kHz) and each rate: the reference is brought down to the rate
-by soxr's very-high-quality resampler, whose anti-alias low-pass (linear phase, pass band to
-~95 % of the new Nyquist, stop band at it) is the standard simulation of a narrow-band
-recording; the result is written as a 32-bit float WAV under `<work>/<rate>/input/`, so no
-quantisation noise enters the comparison. `enhance.per_file.process_file` then enhances it exactly as
-a run would (the model when it loads, else resampling; FLASHSR_KEEP_INPUT_BAND honoured) into
-`<work>/<rate>/output/`. The 48 kHz output is brought to the reference's rate (a no-op at
-48 kHz; at 44.1 kHz the reference has nothing above 22.05 kHz to compare with) and both are
-mixed to mono, as ssr_eval reads them, before scoring (flashsr_tasks.quality.scores).
+docs/quality.md, "`flashsr-eval`", explains the simulation, the enhancement and the comparison, step by step.
 """
 from __future__ import annotations
 

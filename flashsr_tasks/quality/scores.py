@@ -1,23 +1,7 @@
 """How close an enhanced output is to its full-band reference: log-spectral distance and SI-SDR.
 
-LSD is the one the speech super-resolution literature reports (AudioSR, NVSR, AP-BWE), as
-defined by `ssr_eval` (haoheliu/ssr_eval, `ssr_eval/metrics.py`, `AudioMetrics.lsd`): magnitude
-STFT of both signals (Hann window, `n_fft = int(2048·rate/44100)`, hop `int(rate/100)`, frames
-centred with zero padding as librosa's `stft` does), then per frame the root mean square over
-frequency of `log10(reference² / (estimate + ε)² + ε)` with ε = 1e-12, averaged over frames.
-Lower is better; 0 is identical. It compares spectral envelopes and is blind to phase.
-`lsd_hf` and `lsd_lf` restrict the mean over frequency to the bins above and below a split
-(the simulated input's Nyquist), as NVSR's LSD-HF/LSD-LF do: the band the enhancer invented and
-the band it was given.
-
-SI-SDR (Le Roux et al., 2019) is the waveform measure beside it: it is the one measure here
-that sees phase and timing, so it answers "was what was said kept": a shifted, smeared or
-re-synthesised low band loses decibels even where its spectrum looks right. It is scale
-invariant, so the one gain the pipeline may apply to keep peaks inside full scale does not
-move it (LSD, which compares absolute levels, does see that gain). Higher is better.
-
-Both stream the signals a block of frames at a time, so a long reference is never held as a
-whole spectrogram.
+LSD (and `lsd_hf`, `lsd_lf`) as `ssr_eval` defines it, lower is better; SI-SDR sees phase and timing, higher is
+better. Both stream a block of frames at a time. docs/quality.md, "The measures", defines them and how to read them.
 """
 from __future__ import annotations
 

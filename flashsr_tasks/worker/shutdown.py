@@ -1,14 +1,8 @@
 """What a worker does on SIGTERM (a preemption notice, `docker stop`): finish what it can within
-the grace (FLASHSR_SHUTDOWN_GRACE), then hand every unfinished task back to the broker at once,
-so that another worker runs it now rather than after the visibility timeout.
+the grace (FLASHSR_SHUTDOWN_GRACE), then hand every unfinished task back to the broker at once.
 
-Celery's warm shutdown (its SIGTERM) waits for every running task, however long: the SIGKILL that
-ends the notice then leaves them unacknowledged, on Redis for the whole visibility timeout. Its
-cold shutdown with a soft-shutdown timeout does what we want on the prefork pool, so SIGTERM is
-made that. On the threads pool (the pipelined gpu worker) Celery cannot cancel a running task
-(its cold shutdown fails with `NotImplementedError … kill_job` and the worker hangs), so there
-this module waits for the tasks itself, puts back what is unfinished and ends the process.
-Measured in docs/workers.md.
+On the prefork pool SIGTERM becomes Celery's cold shutdown; on the threads pool this module waits, puts back and
+exits. docs/workers.md, "SIGTERM: preemption, `docker stop`", explains why and gives the measurements.
 """
 from __future__ import annotations
 

@@ -1,24 +1,8 @@
 """The orchestrator's side of the distributed stage: a run as a stream of bounded chords.
 
-Sources are sent in chords of `FLASHSR_CHORD_SIZE` files, with at most `FLASHSR_MAX_IN_FLIGHT`
-files sent and not yet collected; each chord's callback journals its members' records and
-deletes their results, and the orchestrator collects the callback's summary, then deletes it
-too. Whatever the run's length, the orchestrator holds a window of chords, Redis holds that
-window's messages and results, and no message holds more than one chord's records.
-
-Tasks are sent by name through a client app, so the orchestrator needs neither the model
-nor the task code. The header goes to the queue that `--device` names, and so does the
-chord callback, so a stack with only one kind of worker completes.
-
-The orchestrator subscribes to nothing: it reads the result of the chord it waits for (GET,
-every `MAX_POLL_S` at most). A chord whose callback can no longer fire (a member raised, its
-state went with an emptied Redis, a member's message was lost: watchdog) becomes an
-orphan: the orchestrator collects its members' results itself, journals them as the callback
-would have, and sends again the members that nobody holds any more. Every call to Redis goes
-through the run's `Outage`, which waits out a lost connection for the outage budget.
-Interrupted (Ctrl-C, or no worker for the give-up time), the run sets its cancellation mark,
-so its tasks that have not started do nothing, journals what had finished, and removes its
-results and chord state.
+Tasks go by name through a client app (no model or task code here), a window of chords at a time; the orchestrator
+polls, subscribes to nothing and journals orphaned chords itself. docs/operations.md, "A fleet: Celery on Redis",
+explains the window; docs/faults.md, "How the orchestrator does it", orphans, outages and interrupts.
 """
 from __future__ import annotations
 

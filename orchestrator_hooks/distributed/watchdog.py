@@ -1,16 +1,8 @@
 """Noticing work that can no longer finish: a member whose message is gone.
 
-A chord completes when every member has reported. A member's message can vanish: popped the
-instant Redis died (pushed once, never in `unacked`), or with the whole queue when a Redis
-without persistence restarts empty. Such a member never reports and its chord never
-completes. The watchdog looks, every `INTERVAL_S` while the run waits, for the members
-that have no result yet in the Redis broker's queues and in its `unacked` hash; a member
-that nobody holds at two looks in a row is lost, and the orchestrator sends it again.
-Two looks, because a message moving from the queue to `unacked` (or a result being stored
-while the queue is read) is briefly in neither place.
-
-Only the Redis broker can be looked into; RabbitMQ does not lose a message it has accepted
-(a consumer's unacknowledged messages go back to the queue when it goes).
+A member with no result that the Redis broker holds neither in a queue nor in `unacked` at two looks in a row is
+lost, and the orchestrator sends it again. docs/faults.md, "How the orchestrator does it" (orphans and the
+watchdog) and "Limits", explains why two looks and why Redis only.
 """
 from __future__ import annotations
 
