@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -37,8 +38,11 @@ class PrometheusServer:
     def api(self, path: str, **params: str) -> Any:
         """`/api/v1/<path>`'s `data`; AssertionError with Prometheus' own error otherwise."""
         query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as response:
-            body = json.load(response)
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=10) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:  # a bad expression: 400 with Prometheus' own error
+            body = json.loads(exc.read() or b"{}")
         assert body.get("status") == "success", body
         return body["data"]
 
