@@ -6,7 +6,10 @@
    natively here: a private redis-server with the redis service's arguments, the worker-gpu and
    worker-cpu commands as written, their health checks, and the orchestrator's command on a
    folder of 8 kHz WAVs. Only the host name `redis` and the container paths (/data, /cache)
-   are rewritten to a free loopback port and temporary folders.
+   are rewritten to a free loopback port and temporary folders, and the workers' metrics port
+   to a free port (in the stack each container has its own).
+3. The monitoring profile: Prometheus and Grafana mount the repository's files that exist
+   (tests/test_monitoring.py checks those files themselves with promtool and a real Prometheus).
 """
 from __future__ import annotations
 
@@ -36,7 +39,10 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 BIN_DIR = Path(sys.executable).parent
 PASSWORD = secrets.token_hex(16)
 FLOWER_AUTH = f"watcher:{secrets.token_hex(8)}"
+GRAFANA_PASSWORD = secrets.token_hex(8)
 DEFAULT_SERVICES = {"redis", "worker-gpu", "worker-cpu"}
+MONITORING_SERVICES = {"flower", "prometheus", "grafana"}
+WORKERS = ("worker-gpu", "worker-cpu")
 
 
 # ------------------------------------------------------------------ the Compose v2 parser
@@ -80,7 +86,7 @@ def write_env(path: Path, **values: str) -> Path:
 @pytest.fixture(scope="module")
 def env_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_env(tmp_path_factory.mktemp("compose") / "test.env",
-                     REDIS_PASSWORD=PASSWORD, FLOWER_BASIC_AUTH=FLOWER_AUTH)
+                     REDIS_PASSWORD=PASSWORD, FLOWER_BASIC_AUTH=FLOWER_AUTH, GRAFANA_ADMIN_PASSWORD=GRAFANA_PASSWORD)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +123,7 @@ def option(args: Sequence[str], name: str) -> Optional[str]:
 
 def test_compose_accepts_the_file_with_and_without_profiles(default_config, env_file):
     assert set(default_config["services"]) == DEFAULT_SERVICES
-    assert set(compose_config(env_file, "monitoring")["services"]) == DEFAULT_SERVICES | {"flower"}
+    assert set(compose_config(env_file, "monitoring")["services"]) == DEFAULT_SERVICES | MONITORING_SERVICES
     assert set(compose_config(env_file, "tools")["services"]) == DEFAULT_SERVICES | {"orchestrator", "download-weights"}
 
 
@@ -137,7 +143,7 @@ def test_env_example_lists_every_variable_and_is_itself_a_valid_env_file():
     assert read - listed == set(), "variables the stack reads but .env.example does not explain"
     assert listed - read == set(), ".env.example lists variables the stack never reads"
     config = compose_config(example, "monitoring", "tools")
-    assert set(config["services"]) == DEFAULT_SERVICES | {"flower", "orchestrator", "download-weights"}
+    assert set(config["services"]) == DEFAULT_SERVICES | MONITORING_SERVICES | {"orchestrator", "download-weights"}
 
 
 def test_a_missing_redis_password_is_refused_with_a_clear_message(tmp_path):
@@ -165,10 +171,10 @@ def test_redis_requires_the_password_never_evicts_and_is_only_on_loopback(defaul
         assert port["host_ip"] == "127.0.0.1", f"Redis is published beyond loopback: {port}"
 
 
-def test_only_redis_and_flower_publish_ports_and_only_on_loopback(full_config):
+def test_only_redis_and_the_monitoring_services_publish_ports_and_only_on_loopback(full_config):
     for name, service in full_config["services"].items():
         ports = service.get("ports", [])
-        if name not in ("redis", "flower"):
+        if name not in {"redis"} | MONITORING_SERVICES:
             assert not ports, f"{name} publishes {ports}"
         for port in ports:
             assert port.get("host_ip") == "127.0.0.1", f"{name} is published beyond loopback: {port}"
@@ -242,6 +248,97 @@ def test_flower_is_monitoring_only_on_loopback_and_behind_basic_auth(default_con
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == FLOWER_AUTH
     assert "celery -A flashsr_tasks flower" in " ".join(command_of(flower))
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def load_yaml(path: Path) -> Any:
+    """PyYAML comes with the model extra (CI installs it), not with the test extra alone."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
+    return yaml.safe_load(path.read_text())
+
+
+def bind_sources(service: dict[str, Any]) -> dict[str, Path]:
+    """A service's bind mounts: container path -> host path (which must exist: nothing is created)."""
+    return {v["target"]: Path(v["source"]) for v in service.get("volumes", []) if v["type"] == "bind"}
+
+
+def test_prometheus_is_monitoring_only_on_loopback_and_reads_the_repositorys_rules(default_config, full_config):
+    assert "prometheus" not in default_config["services"]
+    prometheus = full_config["services"]["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert re.fullmatch(r"prom/prometheus:v2\.\d+\.\d+", prometheus["image"]), "pinned to a 2.x release, as promtool"
+    assert [p["host_ip"] for p in prometheus["ports"]] == ["127.0.0.1"]
+    mounts = bind_sources(prometheus)
+    assert mounts == {"/etc/prometheus": REPO / "docker" / "prometheus"}
+    assert all(v["read_only"] for v in prometheus["volumes"] if v["type"] == "bind")
+    config_file = option(command_of(prometheus), "--config.file")
+    assert config_file == "/etc/prometheus/prometheus.yml"
+    for name in ("prometheus.yml", "alerts.yml"):
+        assert (mounts["/etc/prometheus"] / name).is_file(), name
+    data = option(command_of(prometheus), "--storage.tsdb.path")
+    assert [v["target"] for v in prometheus["volumes"] if v["type"] == "volume"] == [data]
+    assert "prometheus-data" in full_config["volumes"]
+
+
+def test_grafana_is_monitoring_only_on_loopback_with_a_password_and_the_provisioned_dashboard(default_config,
+                                                                                             full_config):
+    assert "grafana" not in default_config["services"]
+    grafana = full_config["services"]["grafana"]
+    assert grafana["profiles"] == ["monitoring"]
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", grafana["image"]), "pinned to a release"
+    assert [p["host_ip"] for p in grafana["ports"]] == ["127.0.0.1"]
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == GRAFANA_PASSWORD
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    mounts = bind_sources(grafana)
+    grafana_dir = REPO / "docker" / "grafana"
+    assert mounts == {"/etc/grafana/provisioning/datasources": grafana_dir / "provisioning" / "datasources",
+                      "/etc/grafana/provisioning/dashboards": grafana_dir / "provisioning" / "dashboards",
+                      "/etc/grafana/dashboards": grafana_dir / "dashboards"}
+    assert all(v["read_only"] for v in grafana["volumes"] if v["type"] == "bind")
+    # The provider's folder is a mount that holds the dashboard; the home dashboard is in it.
+    (provider,) = load_yaml(mounts["/etc/grafana/provisioning/dashboards"] / "flashsr.yml")["providers"]
+    assert (mounts[provider["options"]["path"]] / "flashsr.json").is_file()
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (mounts[str(Path(home).parent)] / Path(home).name).is_file()
+    # The datasource is the prometheus service on its container port.
+    (source,) = load_yaml(mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml")["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    assert [p["target"] for p in full_config["services"]["prometheus"]["ports"]] == [9090]
+    assert [v["target"] for v in grafana["volumes"] if v["type"] == "volume"] == ["/var/lib/grafana"]
+
+
+def test_the_workers_serve_metrics_on_the_port_prometheus_scrapes_and_publish_none(full_config):
+    services = full_config["services"]
+    config = load_yaml(REPO / "docker" / "prometheus" / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "flashsr-workers"]
+    scraped = {t for static in job.get("static_configs", []) for t in static["targets"]}
+    scraped |= {f"{name}:{dns['port']}" for dns in job.get("dns_sd_configs", []) for name in dns["names"]}
+    for name in WORKERS:
+        port = services[name]["environment"]["FLASHSR_METRICS_PORT"]
+        assert port and port.isdigit(), f"{name} serves no metrics"
+        assert f"{name}:{port}" in scraped, f"prometheus.yml does not scrape {name}:{port}"
+        assert not services[name].get("ports"), f"{name} needs no host port: Prometheus is on the compose network"
+    # A scalable service is discovered container by container, not through one round-robin name.
+    assert "worker-cpu" in {name for dns in job.get("dns_sd_configs", []) for name in dns["names"]}
+    for name in ("orchestrator", "flower"):
+        assert "FLASHSR_METRICS_PORT" not in services[name]["environment"]
+
+
+def test_grafana_refuses_to_start_without_an_admin_password(tmp_path):
+    config = compose_config(write_env(tmp_path / "nopw.env", REDIS_PASSWORD=PASSWORD), "monitoring")
+    grafana = config["services"]["grafana"]
+    script = grafana["entrypoint"]
+    assert script[:2] == ["sh", "-c"]
+    env = {"PATH": os.environ["PATH"], **grafana["environment"]}
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "", "no default password"
+    refused = subprocess.run([*script[:2], script[2].replace("$$", "$")], env=env, capture_output=True, text=True,
+                             timeout=30)
+    assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr
+    # With one, it goes on to Grafana's own entrypoint (absent here).
+    env["GF_SECURITY_ADMIN_PASSWORD"] = GRAFANA_PASSWORD
+    started = subprocess.run([*script[:2], script[2].replace("$$", "$")], env=env, capture_output=True, text=True,
+                             timeout=30)
+    assert "GRAFANA_ADMIN_PASSWORD" not in started.stderr and "/run.sh" in started.stderr
 
 
 def test_tools_are_one_shot_services_behind_a_profile(default_config, full_config):
@@ -335,6 +432,8 @@ class Native:
                if not k.startswith(("FLASHSR_", "HF_", "CELERY_", "FLOWER_")) and k != "REDISCLI_AUTH"}
         env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
         env.update({k: self.text(v) for k, v in service.get("environment", {}).items() if v is not None})
+        if "FLASHSR_METRICS_PORT" in env:  # each container has its own; here they share one host
+            env["FLASHSR_METRICS_PORT"] = str(free_port())
         env.update(extra)
         return env
 
