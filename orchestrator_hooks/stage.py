@@ -14,12 +14,15 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
 
 from flashsr_tasks import config
 from flashsr_tasks.manifest.records import Outcome
 from orchestrator_hooks.progress import progress_bar
 from orchestrator_hooks.summary import RunSummary
+
+if TYPE_CHECKING:
+    from orchestrator_hooks.run_status import RunStatus
 
 _DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -37,7 +40,8 @@ class FlashSRExtension:
     With a broker (argument or FLASHSR_BROKER_URL) the files go to Celery workers as a stream of
     bounded chords; without one they are processed in this process. Either way the state held
     stays bounded whatever the number of files, and every finished file's record is journaled
-    at once (manifest.json has them all when `run()` returns). `run()` returns a `RunSummary`.
+    at once (manifest.json has them all when `run()` returns). `run()` returns a `RunSummary`;
+    `status()` how the files stand at any moment (also after a run sent with `wait=False`).
     """
 
     def __init__(
@@ -81,7 +85,7 @@ class FlashSRExtension:
         from flashsr_tasks.files.temporaries import sweep_stale_temporaries
         from flashsr_tasks.manifest.store import fold
         from flashsr_tasks.runs.job import Job
-        from flashsr_tasks.runs.planning import known_full_band, known_records, plan
+        from flashsr_tasks.runs.planning import Todo, known_full_band, known_records, plan
 
         started = time.perf_counter()
         root, sources = self._root_and_sources(discover_sources, is_output_name)
@@ -104,6 +108,12 @@ class FlashSRExtension:
             bar.total = summary.files  # discovery is done: the bar now shows the total and time left
             bar.refresh()
 
+        def sent(work: Iterable[Union[Todo, Outcome]]) -> Iterator[Union[Todo, Outcome]]:
+            for item in work:
+                if not isinstance(item, dict):  # a Todo: the file goes to the per-file work
+                    summary.sent += 1
+                yield item
+
         def collect(outcome: Outcome) -> None:
             summary.add(outcome)
             bar.update(1)
@@ -115,7 +125,7 @@ class FlashSRExtension:
         if job.output_dir:
             sweep_stale_temporaries(records_root)  # beside the sources, discovery does it on its way
         # Everything below streams: sources are found, judged, sent and collected a few at a time.
-        work = plan(checked_root, counted(sources), job, known_records(records_root), known_full_band(records_root))
+        work = sent(plan(checked_root, counted(sources), job, known_records(records_root), known_full_band(records_root)))
         try:
             if self.broker:
                 from flashsr_tasks.config import give_up_after_s
@@ -141,10 +151,27 @@ class FlashSRExtension:
                     if not is_disk_full(exc):
                         raise
                     # the journal keeps every record; the next run with room folds it
+        if self.broker and not self.wait:
+            from orchestrator_hooks.run_status import tally_for
+
+            # what flashsr-status would say now: sent files whose records the workers have not journaled yet
+            summary.not_done = tally_for(self.input, self.output_dir).refresh().not_done
         summary.elapsed_s = round(time.perf_counter() - started, 3)
         if job.device.startswith("cuda") and summary.methods.get("resample"):
             summary.resampled_because = _fallback_reason(bool(self.broker))
         return summary
+
+    def status(self, queues: bool = True) -> RunStatus:
+        """How this stage's files stand now, from manifest.json and its journal: what
+        `flashsr-status ROOT --json` prints (`.to_dict()`), found, enhanced, failed, full-band
+        and not yet done; with `queues` and a broker, the messages waiting on its queues too.
+        For an orchestrator that sent with `wait=False` and polls (or `wait_until_done`)."""
+        from orchestrator_hooks.run_status import status_of, tally_for
+
+        if not self.input.exists():
+            raise UsageError(f"{self.input}: no such file or folder")
+        return status_of(tally_for(self.input, self.output_dir), self.broker if queues else None,
+                         output_dir=self.output_dir)
 
     def _checked_output_dir(self, check_root: Callable[..., Path]) -> Optional[str]:
         """--output_dir, created if needed and checked like the root (FLASHSR_ALLOWED_ROOTS)."""

@@ -29,6 +29,8 @@ class RunSummary:
     waited: bool = True     # False: sent with --no-wait, outcomes not collected
     output_dir: Optional[str] = None  # --output_dir: outputs and manifest.json are there
     resampled_because: Optional[str] = None  # a cuda run resampled files: why the model did not run
+    sent: int = 0           # files given to the per-file work (to workers, or in this process)
+    not_done: Optional[int] = None  # --no-wait: files found without a record yet when the run returned
 
     @property
     def ok(self) -> bool:
@@ -51,10 +53,11 @@ class RunSummary:
 
     def line(self) -> str:
         if not self.waited:
-            sent = self.files - self.skipped
+            pending = f", {self.not_done} not yet done" if self.not_done is not None else ""
             return (
-                f"flashsr: {self.files} files: {sent} sent as {self.chords} chords (not waiting), "
-                f"{self.skipped} skipped; records reach {self.output_dir or self.root}/manifest.json as the workers finish"
+                f"flashsr: {self.files} files: {self.sent} sent as {self.chords} chords (not waiting){pending}, "
+                f"{self.skipped} skipped; records reach {self.output_dir or self.root}/manifest.json as the workers "
+                f"finish (flashsr-status {self.root} --wait waits for them)"
             )
         methods = ", ".join(f"{n} {m}" for m, n in sorted(self.methods.items()))
         return (
