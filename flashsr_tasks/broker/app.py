@@ -12,9 +12,8 @@ from celery import Celery
 
 from flashsr_tasks import config
 from flashsr_tasks.broker import kombu_fixes
+from flashsr_tasks.broker.queues import CPU_QUEUE, GPU_QUEUE
 
-GPU_QUEUE = "gpu"
-CPU_QUEUE = "cpu"
 ENHANCE_TASK = {GPU_QUEUE: "flashsr.enhance_gpu", CPU_QUEUE: "flashsr.enhance_cpu"}
 MERGE_TASK = "flashsr.merge_into_manifest"
 # Results are deleted once a chord is journaled and its summary collected; this only bounds what

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Sequence
 
 TIMEOUT_S = 3.0
-QUEUES = ("gpu", "cpu")  # broker.app's GPU_QUEUE and CPU_QUEUE, named here without importing celery
+GPU_QUEUE = "gpu"
+CPU_QUEUE = "cpu"
+QUEUES = (GPU_QUEUE, CPU_QUEUE)
 # kombu's Redis transport keeps a queue's messages of priority step N > 0 in "<queue>\x06\x16N"
 # (orchestrator_hooks.distributed.watchdog reads the same lists).
 PRIORITY_SEPARATOR = "\x06\x16"

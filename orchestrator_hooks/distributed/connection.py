@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from flashsr_tasks.broker.app import CPU_QUEUE, GPU_QUEUE
+from flashsr_tasks.broker.queues import CPU_QUEUE, GPU_QUEUE
 from orchestrator_hooks.distributed.outage import BrokerLost, first_line
 from orchestrator_hooks.distributed.watchdog import RedisMessages
 

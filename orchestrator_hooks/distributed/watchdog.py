@@ -10,12 +10,11 @@ import re
 import time
 from typing import Any, Iterable, Optional
 
+from flashsr_tasks.broker.queues import PRIORITY_SEPARATOR, PRIORITY_STEPS
+
 # Seconds between looks: a lost member is sent again 2-3 looks after it was lost.
 INTERVAL_S = 5.0
 PAGE = 1000
-# kombu's Redis transport keeps a queue's messages of each priority in its own list.
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
 # A task message names its task id as "id" among its headers (root_id, parent_id and
 # correlation_id do not match: their names end in "_id").
 _TASK_ID = re.compile(rb'"id": "([0-9a-f-]{36})"')
