@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 from celery import Celery, signals
 
 from flashsr_tasks import config
-from flashsr_tasks.broker.app import GPU_QUEUE
+from flashsr_tasks.broker.queues import GPU_QUEUE
 from flashsr_tasks.worker import gpu_model, shutdown
 from flashsr_tasks.worker.memory import keep_freed_memory
 
