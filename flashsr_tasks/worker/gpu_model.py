@@ -41,4 +41,5 @@ def exit_worker(sentence: str) -> NoReturn:
     print(f"flashsr: error: {sentence}", file=sys.__stderr__, flush=True)
     if in_forked_pool_process:
         os.kill(os.getppid(), signal.SIGQUIT)  # the main process's cold shutdown
+    metrics.stop()
     os._exit(3)

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 PORT_TRIES = 10
 # The broker's queue lengths are sampled this often, in the main process.
 QUEUE_SAMPLE_S = 5.0
+# A worker's multiprocess folder, in the temporary folder: flashsr-metrics-<main pid>-<random>.
+FOLDER_PREFIX = "flashsr-metrics-"
 NO_METHOD = "none"  # the method label of a file that nothing ran on (skipped, unselected, refused)
 
 FILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -40,7 +42,7 @@ ROW_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class _Metrics:
+class WorkerMetrics:
     """The metric objects, built once in the main process (pool processes inherit them). The
     model's (batch rows, stage times, GPU memory, model loaded) only on a worker of the gpu queue."""
 
@@ -82,7 +84,7 @@ class _Metrics:
         self.gpu_bytes.labels("reserved").set(reserved)
 
 
-_metrics: Optional[_Metrics] = None
+_metrics: Optional[WorkerMetrics] = None
 _port: Optional[int] = None
 _directory: Optional[str] = None
 _server: Any = None
@@ -103,14 +105,15 @@ def start(queues: Sequence[str], app: Optional[Celery] = None) -> Optional[int]:
     if wanted is None or _metrics is not None:
         return _port
     _main_pid = os.getpid()
-    _directory = tempfile.mkdtemp(prefix="flashsr-metrics-")
+    _remove_folders_of_dead_workers()
+    _directory = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{_main_pid}-")
     config.export_prometheus_multiproc_dir(_directory)
     # prometheus_client picks its value class when first imported, and celery's command line may
     # have imported it already (Flower's plugin does): pick again, now that the folder is set.
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()
-    _metrics = _Metrics(model=GPU_QUEUE in queues)
+    _metrics = WorkerMetrics(model=GPU_QUEUE in queues)
     atexit.register(stop)
     _server, _port = _serve(wanted)
     if _port is None:
@@ -122,6 +125,14 @@ def start(queues: Sequence[str], app: Optional[Celery] = None) -> Optional[int]:
         threading.Thread(target=_sample_queues, args=(app, list(queues)), name="flashsr-queue-sampler",
                          daemon=True).start()
     return _port
+
+
+def _remove_folders_of_dead_workers() -> None:
+    """The multiprocess folders of workers on this host that were killed outright (SIGKILL)."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{FOLDER_PREFIX}*-*")):
+        pid = os.path.basename(folder)[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve(first: int) -> tuple[Any, Optional[int]]:
