@@ -22,9 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from flashsr_tasks.model import observers
 from flashsr_tasks.model.staged_forward import STAGES
 from flashsr_tasks.worker.metrics import FOLDER_PREFIX, PORT_TRIES, WorkerMetrics
+from orchestrator_hooks import FlashSRExtension
 from tests.prometheus_server import prometheus_missing, start_prometheus
-from tests.services import free_port
-from tests.test_distributed import calls, records, wait_for
+from tests.services import free_port, start_worker, worker_env
+from tests.test_distributed import _blocked_on, calls, hanging_source, records, wait_for
+from tests.test_rabbitmq import vhost  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 READY = re.compile(r"flashsr: worker ready: taking tasks from queue (\S+); metrics on port (\d+)")
@@ -108,8 +110,6 @@ def test_a_second_worker_on_the_host_takes_the_next_free_port(tmp_path, redis_se
     # each serves its own process's metrics on its own port
     root = tmp_path / "stage"
     calls(root, 4)
-    from orchestrator_hooks import FlashSRExtension
-
     assert FlashSRExtension(root, device="cpu", broker=redis_server.url, progress=False).run().enhanced == 4
 
     def finished(port: int) -> float:
@@ -120,6 +120,37 @@ def test_a_second_worker_on_the_host_takes_the_next_free_port(tmp_path, redis_se
     assert len(metrics_folders(first)) == 1
     first.stop()
     assert metrics_folders(first) == []
+
+
+def _queue_messages(port: int) -> float:
+    found = [s.value for s in samples(scrape(port)) if s.name == "flashsr_queue_messages" and s.labels == {"queue": "cpu"}]
+    return found[0] if found else float("nan")
+
+
+@pytest.mark.celery
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_the_queue_length_is_sampled_from_either_broker(broker, tmp_path, redis_server, request, monkeypatch):
+    """One busy worker process (held on a FIFO), files waiting behind it: the worker's
+    flashsr_queue_messages shows them (Redis: LLEN; RabbitMQ: a passive declare)."""
+    url = redis_server.url
+    env = {"FLASHSR_METRICS_PORT": str(free_port()), "FLASHSR_CPU_PREFETCH": "1", "FLASHSR_SHUTDOWN_GRACE": "1"}
+    if broker == "rabbitmq":
+        url = request.getfixturevalue("vhost").url
+        env["FLASHSR_RESULT_BACKEND"] = redis_server.url
+        monkeypatch.setenv("FLASHSR_RESULT_BACKEND", redis_server.url)
+    worker = start_worker("cpu", url, tmp_path, 1, env=worker_env(url, **env))
+    try:
+        port = ready_port(worker)
+        root = tmp_path / "stage"
+        fifo = hanging_source(root, "a_hang.wav")  # sent first: it holds the one pool process
+        calls(root, 5)
+        FlashSRExtension(root, device="cpu", broker=url, wait=False, progress=False).run()
+        wait_for(lambda: any(_blocked_on(p, fifo) for p in worker.pool_pids()), 60, "the first task to start")
+        wait_for(lambda: _queue_messages(port) == 5, 20, "flashsr_queue_messages to show the 5 waiting files")
+        in_flight = [s.value for s in samples(scrape(port)) if s.name == "flashsr_tasks_in_flight"]
+        assert in_flight == [1]
+    finally:
+        worker.stop()
 
 
 def _model_loaded(port: int) -> list[Any]:
