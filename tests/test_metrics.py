@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,18 @@ def test_a_second_worker_on_the_host_takes_the_next_free_port(tmp_path, redis_se
     assert metrics_folders(first) == []
 
 
+@pytest.mark.celery
+def test_a_bad_port_setting_is_one_warning_and_the_worker_works_on(tmp_path, redis_server, workers):
+    worker = workers("cpu", FLASHSR_METRICS_PORT="ninety")
+    wait_for(lambda: "flashsr: worker ready" in worker.log_text(), 30, "the ready line")
+    log = worker.log_text()
+    assert "flashsr: warning: no metrics: FLASHSR_METRICS_PORT must be a whole number, not 'ninety'" in log
+    assert "metrics on port" not in log and "Traceback" not in log
+    root = tmp_path / "stage"
+    calls(root, 2)
+    assert FlashSRExtension(root, device="cpu", broker=redis_server.url, progress=False).run().enhanced == 2
+
+
 def _queue_messages(port: int) -> float:
     found = [s.value for s in samples(scrape(port)) if s.name == "flashsr_queue_messages" and s.labels == {"queue": "cpu"}]
     return found[0] if found else float("nan")
@@ -151,6 +164,28 @@ def test_the_queue_length_is_sampled_from_either_broker(broker, tmp_path, redis_
         assert in_flight == [1]
     finally:
         worker.stop()
+
+
+@pytest.mark.celery
+def test_a_killed_pool_process_stops_counting_in_flight(tmp_path, redis_server, workers):
+    """SIGKILL (the OOM killer) gives no worker_process_shutdown: the scrape finds the process dead."""
+    worker = workers("cpu", FLASHSR_METRICS_PORT=str(free_port()), FLASHSR_SHUTDOWN_GRACE="1")
+    port = ready_port(worker)
+    root = tmp_path / "stage"
+    fifo = hanging_source(root, "hang.wav")
+    FlashSRExtension(root, device="cpu", broker=redis_server.url, wait=False, progress=False).run()
+
+    def in_flight() -> float:
+        return sum(s.value for s in samples(scrape(port)) if s.name == "flashsr_tasks_in_flight")
+
+    wait_for(lambda: any(_blocked_on(p, fifo) for p in worker.pool_pids()), 60, "the task to start")
+    first = worker.pool_pids()
+    wait_for(lambda: in_flight() == 1, 10, "one task in flight")
+    os.kill(first[0], signal.SIGKILL)
+    # the task is redone at once by the pool's new process, on the same FIFO
+    wait_for(lambda: any(_blocked_on(p, fifo) for p in worker.pool_pids() if p not in first), 60,
+             "the task to be redone in a new pool process")
+    wait_for(lambda: in_flight() == 1, 10, "the dead process's task to stop counting")
 
 
 def _model_loaded(port: int) -> list[Any]:

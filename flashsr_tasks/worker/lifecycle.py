@@ -77,7 +77,12 @@ def _hand_back_on_sigterm(sender: Any = None, **_: Any) -> None:
 def _start_metrics(sender: Any = None, **_: Any) -> None:
     """FLASHSR_METRICS_PORT: serve the metrics from this (main) process, before the pool forks
     and before a threads pool's model starts loading (connected first for that)."""
-    metrics.start(_queues or [CPU_QUEUE], _app)
+    try:
+        metrics.start(_queues or [CPU_QUEUE], _app)
+    except (ValueError, OSError) as exc:  # a bad setting, a port we may not bind: say so, work on
+        stream = sys.__stderr__ or sys.stderr
+        stream.write(f"flashsr: warning: no metrics: {exc}\n")
+        stream.flush()
 
 
 @signals.worker_shutdown.connect
