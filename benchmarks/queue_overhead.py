@@ -5,16 +5,23 @@ main process, the orchestrator, redis-server) and the idle resident memory of th
     python benchmarks/queue_overhead.py                 # 300 thirty-second 8 kHz calls
     python benchmarks/queue_overhead.py --files 50 --seconds 10
     python benchmarks/queue_overhead.py --model_dir DIR # gpu worker idle memory with the model loaded
+    python benchmarks/queue_overhead.py --metrics       # A/B: a worker with FLASHSR_METRICS_PORT (scraped
+                                                        # every second) against one without
 
 Needs redis-server on PATH (a private one is started on a free port).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
+import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +32,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator_hooks import FlashSRExtension  # noqa: E402
-from tests.services import start_redis, start_worker, worker_env  # noqa: E402
+from tests.services import free_port, start_redis, start_worker, worker_env  # noqa: E402
 
 
 def make_calls(folder: Path, files: int, seconds: float) -> None:
@@ -83,6 +90,105 @@ def idle_memory(queue: str, broker: str, workdir: Path, concurrency: int, **env:
         worker.stop()
 
 
+def _signal_tree(pid: int, sig: int) -> None:
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        os.kill(proc.pid, sig)
+
+
+def _scrape_every_second(port: int, stop: threading.Event, scrapes: list[int]) -> None:
+    """What a Prometheus does to the worker: GET /metrics every second."""
+    while not stop.is_set():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            response.read()
+        scrapes.append(1)
+        stop.wait(1.0)
+
+
+def metrics_ab(args: argparse.Namespace) -> None:
+    """The same load through two workers of `args.processes` processes, each on its own Redis: one
+    with FLASHSR_METRICS_PORT and a scrape every second, one without; runs interleaved, the idle
+    worker stopped (SIGSTOP) while the other runs, so neither costs the other anything."""
+    with tempfile.TemporaryDirectory(prefix="flashsr-bench-") as tmp:
+        work = Path(tmp)
+        source = work / "calls"
+        source.mkdir()
+        make_calls(source, args.files, args.seconds)
+        port = free_port()
+        modes = {"off": {}, "on": {"FLASHSR_METRICS_PORT": str(port)}}
+        servers = {mode: start_redis(work / f"redis-{mode}") for mode in modes}
+        workers = {}
+        try:
+            for mode, env in modes.items():
+                workers[mode] = start_worker("cpu", servers[mode].url, work, args.processes,
+                                             env=worker_env(servers[mode].url, **env))
+            runs: dict[str, list[Run]] = {mode: [] for mode in modes}
+            scrapes: list[int] = []
+            for round_ in range(args.rounds + 1):  # round 0: the warm-up
+                order = list(modes) if round_ % 2 else list(reversed(modes))
+                for mode in order:
+                    other = workers["on" if mode == "off" else "off"]
+                    _signal_tree(other.process.pid, signal.SIGSTOP)
+                    stop = threading.Event()
+                    scraper = threading.Thread(target=_scrape_every_second, args=(port, stop, scrapes), daemon=True)
+                    try:
+                        if mode == "on":
+                            scraper.start()
+                        folder = work / f"{mode}-{round_}"
+                        shutil.copytree(source, folder)
+                        main = psutil.Process(workers[mode].process.pid)
+                        run = measured_run(folder, {"worker": [main, *main.children()]}, broker=servers[mode].url)
+                        shutil.rmtree(folder)
+                    finally:
+                        stop.set()
+                        if scraper.is_alive():
+                            scraper.join(10)
+                        _signal_tree(other.process.pid, signal.SIGCONT)
+                    if round_:
+                        runs[mode].append(run)
+        finally:
+            for worker in workers.values():
+                worker.stop()
+            for server in servers.values():
+                server.stop()
+
+    n = args.files
+    ratios = [off.wall_s / on.wall_s for off, on in zip(runs["off"], runs["on"])]
+    cpu = {mode: statistics.median(r.cpu_s["worker"] for r in runs[mode]) for mode in modes}
+    best = {mode: min(r.wall_s for r in runs[mode]) for mode in modes}
+    print(f"{n} calls of {args.seconds:g} s at 8 kHz through Redis + 1 cpu worker of {args.processes} processes, "
+          f"{args.rounds} interleaved rounds after a warm-up; metrics scraped every second ({len(scrapes)} scrapes)")
+    print("| metrics | files/s (best) | worker CPU ms per file (median) |\n| --- | ---: | ---: |")
+    for mode in modes:
+        print(f"| {mode} | {n / best[mode]:.1f} | {cpu[mode] / n * 1000:.2f} |")
+    print(f"throughput on / off: best {best['off'] / best['on']:.3f}, median of rounds {statistics.median(ratios):.3f} "
+          f"(target >= 0.98); every round: " + ", ".join(f"{r:.3f}" for r in ratios))
+    print(f"worker CPU per file, on / off: {cpu['on'] / cpu['off']:.3f}")
+    hooks_us, scrape_ms = component_costs()
+    print(f"measured alone: the task body's metric hooks {hooks_us:.0f} us of CPU per file; one scrape "
+          f"{scrape_ms:.1f} ms of CPU (server and client in one process)")
+
+
+def component_costs(files: int = 20000, scrapes: int = 50) -> tuple[float, float]:
+    """The two things metrics add, timed in this process: the hooks around one file (microseconds)
+    and one scrape of /metrics (milliseconds). Last: it turns this process into a metrics worker."""
+    os.environ["FLASHSR_METRICS_PORT"] = str(free_port())
+    from flashsr_tasks.worker import metrics
+
+    port = metrics.start(["cpu"], None)
+    outcome = {"source": "call.wav", "outcome": "enhanced", "record": {"method": "resample", "duration_s": 30.0}}
+    began = time.process_time()
+    for _ in range(files):
+        metrics.task_finished("cpu", metrics.task_started("cpu"), outcome)  # type: ignore[arg-type]
+    hooks = (time.process_time() - began) / files
+    began = time.process_time()
+    for _ in range(scrapes):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            response.read()
+    scrape = (time.process_time() - began) / scrapes
+    metrics.stop()
+    return hooks * 1e6, scrape * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=300)
@@ -90,7 +196,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each mode (after a warm-up)")
     parser.add_argument("--model_dir", help="load this model in the gpu worker for its idle-memory figure")
+    parser.add_argument("--metrics", action="store_true",
+                        help="instead: the worker's throughput with FLASHSR_METRICS_PORT (scraped every second) and without")
     args = parser.parse_args()
+    if args.metrics:
+        metrics_ab(args)
+        return
 
     with tempfile.TemporaryDirectory(prefix="flashsr-bench-") as tmp:
         work = Path(tmp)

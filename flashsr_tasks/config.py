@@ -17,7 +17,7 @@ SETTINGS = (
     "FLASHSR_BAND_DROP_DB", "FLASHSR_VISIBILITY_TIMEOUT", "FLASHSR_TASK_TIME_LIMIT", "FLASHSR_SHUTDOWN_GRACE",
     "FLASHSR_QUORUM_QUEUES", "FLASHSR_OUTAGE_BUDGET_S", "FLASHSR_GIVE_UP_AFTER", "FLASHSR_CHORD_SIZE",
     "FLASHSR_MAX_IN_FLIGHT", "FLASHSR_DEVICE", "FLASHSR_CPU_PREFETCH", "FLASHSR_KEEP_INPUT_BAND",
-    "HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
+    "FLASHSR_METRICS_PORT", "HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
     "FLASHSR_BATCH_SIZE", "FLASHSR_BATCH_WAIT_MS", "FLASHSR_FILES_IN_FLIGHT", "FLASHSR_LOWPASS_INPUT",
     "FLASHSR_AUTOCAST", "FLASHSR_VOCODER_DTYPE", "FLASHSR_TF32", "FLASHSR_FIXED_SHAPES",
     "FLASHSR_TORCH_THREADS", "FLASHSR_COMPILE_VOCODER", "FLASHSR_REQUIRE_MODEL",
@@ -226,6 +226,24 @@ def outage_budget_s() -> int:
 def give_up_after_s() -> Optional[int]:
     """Seconds a waiting run goes on while no worker consumes its queue (None: wait for one)."""
     return positive_int_env("FLASHSR_GIVE_UP_AFTER", 0) or None
+
+
+# ---------------------------------------------------------------------------- worker metrics
+
+
+def metrics_port() -> Optional[int]:
+    """FLASHSR_METRICS_PORT: the port a worker serves Prometheus metrics on (None: no metrics
+    server); a worker that finds it taken tries the next ones (flashsr_tasks.worker.metrics)."""
+    port = positive_int_env("FLASHSR_METRICS_PORT", 0) or None
+    if port is not None and port > 65535:
+        raise ValueError(f"FLASHSR_METRICS_PORT must be a TCP port (1-65535), not {port}")
+    return port
+
+
+def export_prometheus_multiproc_dir(path: str) -> None:
+    """Point prometheus_client's multiprocess mode at `path` in this process and the ones it
+    forks (the library reads PROMETHEUS_MULTIPROC_DIR itself, whenever a metric file is opened)."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 # ---------------------------------------------------------------------------- distributed runs

@@ -23,14 +23,15 @@ gpu_enhancer = LazyEnhancer(load_gpu_model)
 lifecycle.preload_with(lambda: gpu_enhancer(), app)
 
 
-def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any) -> Outcome:
+def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any,
+             queue: str) -> Outcome:
     # Imported here so an idle worker's processes stay small.
     from flashsr_tasks.worker.task_bodies import enhance_one, journal_outcomes
 
     run_id = job.get("run_id")
     if _cancelled(run_id):
         raise Ignore()  # an interrupted run: do nothing, store nothing
-    outcome = enhance_one(job, source, known_sha256, enhancer_for)
+    outcome = enhance_one(job, source, known_sha256, enhancer_for, queue)
     if _cancelled(run_id):
         # Interrupted while this file was being done: nobody collects its chord, so keep its record here.
         journal_outcomes([outcome], str(Job.from_dict(job).manifest_root))
@@ -42,14 +43,14 @@ def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional
 
 @app.task(name=ENHANCE_TASK[GPU_QUEUE], bind=True)
 def enhance_gpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> Outcome:
-    return _enhance(self, job, source, known_sha256, gpu_enhancer)
+    return _enhance(self, job, source, known_sha256, gpu_enhancer, GPU_QUEUE)
 
 
 @app.task(name=ENHANCE_TASK[CPU_QUEUE], bind=True)
 def enhance_cpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> Outcome:
     from flashsr_tasks.enhance.enhancers import Resampler
 
-    return _enhance(self, job, source, known_sha256, Resampler)
+    return _enhance(self, job, source, known_sha256, Resampler, CPU_QUEUE)
 
 
 @app.task(name=MERGE_TASK)

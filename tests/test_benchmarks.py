@@ -26,6 +26,16 @@ def test_queue_overhead_benchmark_prints_its_figures() -> None:
     assert re.search(r"idle gpu worker .*: RSS \d+ MiB", out)
 
 
+def test_queue_overhead_benchmark_compares_metrics_on_and_off() -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmarks/queue_overhead.py", "--metrics", "--files", "6", "--seconds", "1", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert re.search(r"throughput on / off: best \d+\.\d{3}, median of rounds \d+\.\d{3}", run.stdout)
+    assert int(re.search(r"\((\d+) scrapes\)", run.stdout).group(1)) >= 1
+
+
 def test_scale_benchmark_prints_its_figures() -> None:
     run = subprocess.run(
         [sys.executable, "benchmarks/scale.py", "--sizes", "60", "120", "--folders", "3"],

@@ -17,6 +17,8 @@ from typing import Any, Callable, ContextManager, Optional
 
 import numpy as np
 
+from flashsr_tasks.model import observers
+
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], Any]  # the output rows, or a handle for `finish_batch`
@@ -48,7 +50,8 @@ class _Launched:
 
 @dataclass
 class BatcherStats:
-    """What the batcher did: for benchmarks and logs."""
+    """What the batcher did: for benchmarks and logs (each batch also goes to the process's
+    model observer, flashsr_tasks.model.observers: a worker's metrics)."""
 
     batches: int = 0
     rows: int = 0
@@ -200,7 +203,8 @@ class Batcher:
         live = launched.live
         try:
             y = np.asarray(self._finish_batch(launched.handle) if self._finish_batch else launched.handle)
-            self.stats.busy_s += time.perf_counter() - launched.started
+            busy = time.perf_counter() - launched.started
+            self.stats.busy_s += busy
             if y.shape[0] != launched.rows:
                 raise RuntimeError(f"the model returned {y.shape[0]} rows for a batch of {launched.rows}")
         except BaseException as exc:
@@ -208,6 +212,7 @@ class Batcher:
             return
         self.stats.batches += 1
         self.stats.rows += y.shape[0]
+        _report_batch(y.shape[0], busy)
         log.debug("model batch of %d row%s from %d caller%s", y.shape[0], "" if y.shape[0] == 1 else "s",
                   len(live), "" if len(live) == 1 else "s")
         offset = 0
@@ -225,6 +230,15 @@ class Batcher:
         log.debug("batch of %d rows failed", sum(e - s for _, s, e in live), exc_info=True)
         for block, _, _ in live:
             _fail(block, exc)
+
+
+def _report_batch(rows: int, seconds: float) -> None:
+    observer = observers.current()
+    if observer is not None:
+        try:
+            observer.batch(rows, seconds)
+        except Exception:  # a metric must never fail a batch
+            log.debug("the model observer failed", exc_info=True)
 
 
 def _resolve(block: _Block) -> None:

@@ -6,14 +6,17 @@ path", explains the parts it puts together; "Other settings" adds what the table
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 import torch
 
 from flashsr_tasks import config
+from flashsr_tasks.model import observers
 from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.model.devices import resolve_device
 from flashsr_tasks.model.fast_path import drop_unused_hifigan, fold_weight_norm, padded_rows, set_cuda_math
@@ -42,11 +45,39 @@ def _setting(read: Callable[[], T]) -> T:
 
 
 @dataclass
+class _StageClock:
+    """Times one forward pass's stages for the model observer: the wall clock on the CPU, CUDA
+    events on a GPU (read only once the pass has finished, so nothing waits for the device)."""
+
+    cuda: bool
+    marks: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.marks.append((stage, start, end))
+        else:
+            began = time.perf_counter()
+            yield
+            self.marks.append((stage, began, time.perf_counter()))
+
+    def report(self, observer: observers.ModelObserver) -> None:
+        for stage, start, end in self.marks:
+            observer.stage(stage, start.elapsed_time(end) / 1000 if self.cuda else end - start)
+
+
+@dataclass
 class _LaunchedRows:
     batch: np.ndarray                   # as run (padded)
     rows: int                           # real rows
     out: torch.Tensor                   # float32 on the host (pinned on CUDA)
     done: Optional[Any]                 # a CUDA event: the copy back has landed; None on the CPU
+    clock: Optional[_StageClock] = None  # the stages' times, when a model observer is registered
 
 
 class FlashSREnhancer(BatchedEnhancer):
@@ -89,7 +120,8 @@ class FlashSREnhancer(BatchedEnhancer):
         if size > rows:  # copies of the last row: real audio, finite, dropped afterwards
             batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
             self.padded_rows += size - rows
-        return _LaunchedRows(batch, rows, *self._launch(self.staged, batch))
+        clock = _StageClock(self._device.type == "cuda") if observers.current() is not None else None
+        return _LaunchedRows(batch, rows, *self._launch(self.staged, batch, clock), clock=clock)
 
     def finish_rows(self, launched: _LaunchedRows) -> np.ndarray:
         if launched.done is not None:
@@ -104,15 +136,31 @@ class FlashSREnhancer(BatchedEnhancer):
             if done is not None:
                 done.synchronize()
             y = out
+        self._observe(launched)
         return y[:launched.rows].numpy()
 
-    def _launch(self, staged: StagedForward, batch: np.ndarray) -> tuple[torch.Tensor, Optional[Any]]:
+    def _observe(self, launched: _LaunchedRows) -> None:
+        """The stages' times and the allocator's memory to the model observer, if any (never fails a batch)."""
+        observer = observers.current()
+        if observer is None:
+            return
+        try:
+            if launched.clock is not None:
+                launched.clock.report(observer)
+            if self._device.type == "cuda":
+                observer.gpu_memory(torch.cuda.memory_allocated(self._device), torch.cuda.memory_reserved(self._device))
+        except Exception:
+            log.debug("the model observer failed", exc_info=True)
+
+    def _launch(self, staged: StagedForward, batch: np.ndarray,
+                clock: Optional[_StageClock] = None) -> tuple[torch.Tensor, Optional[Any]]:
         host = torch.from_numpy(batch)
+        timer = clock if clock is not None else _untimed
         if self._device.type != "cuda":
-            return staged.forward(host).float(), None
+            return staged.forward(host, timer).float(), None
         # pinned memory: the copies are asynchronous DMA; the one wait is for the copy back
         x = host.pin_memory().to(self._device, non_blocking=True)
-        y = staged.forward(x)
+        y = staged.forward(x, timer)
         out = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
         out.copy_(y, non_blocking=True)
         done = torch.cuda.Event()
@@ -124,6 +172,10 @@ class FlashSREnhancer(BatchedEnhancer):
             raise RuntimeError("FlashSR produced non-finite samples"
                                + (f" under {self.autocast} autocast: try FLASHSR_AUTOCAST=off"
                                   if self.autocast != "off" else ""))
+
+
+def _untimed(stage: str) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_size: Optional[int] = None,

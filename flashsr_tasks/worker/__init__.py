@@ -1,2 +1,2 @@
 """A Celery worker's lifecycle: signal handlers, the gpu model of the process, SIGTERM's hand-back,
-memory tuning, and the bodies of the tasks."""
+memory tuning, the bodies of the tasks, and the worker's Prometheus metrics."""

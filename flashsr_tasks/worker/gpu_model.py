@@ -8,6 +8,8 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from flashsr_tasks import config
+from flashsr_tasks.broker.app import GPU_QUEUE
+from flashsr_tasks.worker import metrics
 
 if TYPE_CHECKING:  # numpy: not in a worker's main process
     from flashsr_tasks.enhance.enhancers import Enhancer
@@ -28,6 +30,7 @@ def load_gpu_model() -> Enhancer:
     except (ModelRequired, ValueError) as exc:  # ValueError: FLASHSR_REQUIRE_MODEL itself is not 1 or 0
         exit_worker(str(exc))
     log.info("gpu worker ready: method=%s device=%s", enhancer.method, enhancer.device)
+    metrics.model_loaded(GPU_QUEUE, enhancer.device, enhancer.method == "flashsr")
     return enhancer
 
 
@@ -38,4 +41,5 @@ def exit_worker(sentence: str) -> NoReturn:
     print(f"flashsr: error: {sentence}", file=sys.__stderr__, flush=True)
     if in_forked_pool_process:
         os.kill(os.getppid(), signal.SIGQUIT)  # the main process's cold shutdown
+    metrics.stop()
     os._exit(3)

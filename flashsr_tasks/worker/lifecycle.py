@@ -5,7 +5,8 @@ pipelined gpu worker) in the main process at once; on the prefork pool in each p
 once forked, in a background thread (a `worker_process_init` handler that blocked for the whole
 load would be killed after 4 s, and CUDA must only be touched after the fork). A cpu worker
 never loads the model, nor torch, nor even numpy until its first task. SIGTERM hands back what
-is unfinished (worker.shutdown).
+is unfinished (worker.shutdown). With FLASHSR_METRICS_PORT, the main process serves the metrics of
+all its processes (worker.metrics), started before the pool forks and named in the ready line.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from typing import Any, Callable, Optional
 from celery import Celery, signals
 
 from flashsr_tasks import config
-from flashsr_tasks.broker.queues import GPU_QUEUE
-from flashsr_tasks.worker import gpu_model, shutdown
+from flashsr_tasks.broker.queues import CPU_QUEUE, GPU_QUEUE
+from flashsr_tasks.worker import gpu_model, metrics, shutdown
 from flashsr_tasks.worker.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,28 @@ def _hand_back_on_sigterm(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _start_metrics(sender: Any = None, **_: Any) -> None:
+    """FLASHSR_METRICS_PORT: serve the metrics from this (main) process, before the pool forks
+    and before a threads pool's model starts loading (connected first for that)."""
+    try:
+        metrics.start(_queues or [CPU_QUEUE], _app)
+    except (ValueError, OSError) as exc:  # a bad setting, a port we may not bind: say so, work on
+        stream = sys.__stderr__ or sys.stderr
+        stream.write(f"flashsr: warning: no metrics: {exc}\n")
+        stream.flush()
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    metrics.stop()
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_exits(pid: Optional[int] = None, **_: Any) -> None:
+    metrics.pool_process_exits(pid or 0)
+
+
+@signals.worker_init.connect
 def _prepare_threads_pool(sender: Any = None, **_: Any) -> None:
     """A gpu worker on the threads pool (the pipelined one: see README) runs its tasks in this
     process, with no fork to wait for: start loading the model now."""
@@ -95,6 +118,7 @@ def _forks(pool_cls: Any) -> bool:
 def _prepare_pool_process(**_: Any) -> None:
     shutdown.install_in_pool_process()
     gpu_model.in_forked_pool_process = True
+    metrics.in_pool_process()
     if _serves_gpu:
         threading.Thread(target=_load_model, name="flashsr-model-load", daemon=True).start()
     else:
@@ -121,6 +145,8 @@ def _say_ready(sender: Any = None, **_: Any) -> None:
     """One line a user sees at Celery's default log level (warnings only): the worker takes tasks.
     Written to the real stderr, as Celery turns print() into WARNING log lines."""
     queues = ", ".join(_queues) or "default"
+    port = metrics.port()
+    serving = f"; metrics on port {port}" if port is not None else ""
     stream = sys.__stderr__ or sys.stderr
-    stream.write(f"flashsr: worker ready: taking tasks from queue {queues}\n")
+    stream.write(f"flashsr: worker ready: taking tasks from queue {queues}{serving}\n")
     stream.flush()

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from flashsr_tasks.files.atomic import remove_live_temporaries
+from flashsr_tasks.worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def _hand_back_after(worker: Any, grace_s: float) -> None:
     print(f"worker: handed back {restored} unfinished task(s) ({unfinished} running); exiting", flush=True)
     # The task threads cannot be stopped; ending the process is the only way out.
     remove_live_temporaries()
+    metrics.stop()
     os._exit(1 if unfinished else 0)
 
 

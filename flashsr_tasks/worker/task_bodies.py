@@ -12,14 +12,28 @@ from flashsr_tasks.files.roots import PathRefused, check_root
 from flashsr_tasks.manifest.records import Outcome, failed_outcome, records_of, reported
 from flashsr_tasks.manifest.store import append_records
 from flashsr_tasks.runs.job import Job
+from flashsr_tasks.worker import metrics
 
 
 def enhance_one(
-    job_data: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Callable[[], Enhancer]
+    job_data: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Callable[[], Enhancer],
+    queue: str,
 ) -> Outcome:
     """`known_sha256`: the input hash of the source's ok record, sent by the orchestrator when the
     record's size or time no longer matches the file (it reads the manifest once per run, so
-    workers do not parse it once per file)."""
+    workers do not parse it once per file). `queue`: the task's, for the worker's metrics."""
+    started = metrics.task_started(queue)
+    outcome: Optional[Outcome] = None
+    try:
+        outcome = _enhance_one(job_data, source, known_sha256, enhancer_for)
+        return outcome
+    finally:
+        metrics.task_finished(queue, started, outcome)
+
+
+def _enhance_one(
+    job_data: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Callable[[], Enhancer]
+) -> Outcome:
     job = Job.from_dict(job_data)
     try:
         root = check_root(Path(job.root))
