@@ -27,6 +27,7 @@ from orchestrator_hooks import FlashSRExtension
 from tests.prometheus_server import prometheus_missing, start_prometheus
 from tests.services import free_port, start_worker, worker_env
 from tests.test_distributed import _blocked_on, calls, hanging_source, records, wait_for
+from tests.test_monitoring import dashboard_and_alert_expressions
 from tests.test_rabbitmq import vhost  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,6 +96,11 @@ def test_prometheus_counts_a_distributed_run_on_a_prefork_worker(tmp_path, redis
         for value in values:
             assert not any(Path(name).stem in value for name in names), value
             assert str(tmp_path) not in value and "/" not in value and ".wav" not in value, value
+
+        # every expression of the shipped dashboard and alert rules runs on what a real run exports
+        for expr in dashboard_and_alert_expressions():
+            prometheus.query(expr)  # AssertionError with Prometheus' message on any error
+        assert prometheus.value('sum(rate(flashsr_audio_seconds_total[1m]))') > 0
     finally:
         prometheus.stop()
     assert worker.process.poll() is None

@@ -72,6 +72,18 @@ class WorkerMetrics:
                                ["kind"], multiprocess_mode="livesum", registry=None)
         observers.set_observer(self)
 
+    def start_at_zero(self, queues: Sequence[str]) -> None:
+        """Every series a file can count in, at 0 from the start: rate() and increase() miss the
+        first counts of a series that appears mid-window (the alert on failures would)."""
+        methods = ("flashsr", "resample") if GPU_QUEUE in queues else ("resample",)
+        for queue in queues:
+            for method in methods:
+                self.audio_seconds.labels(queue, method)
+                for outcome in ("enhanced", "failed"):
+                    self.files.labels(queue, method, outcome)
+            for outcome in ("skipped", "unselected", "failed"):
+                self.files.labels(queue, NO_METHOD, outcome)
+
     # the model observer (flashsr_tasks.model.observers)
     def batch(self, rows: int, seconds: float) -> None:
         self.batch_rows.observe(rows)
@@ -114,6 +126,7 @@ def start(queues: Sequence[str], app: Optional[Celery] = None) -> Optional[int]:
 
     values.ValueClass = values.get_value_class()
     _metrics = WorkerMetrics(model=GPU_QUEUE in queues)
+    _metrics.start_at_zero(queues)
     atexit.register(stop)
     _server, _port = _serve(wanted)
     if _port is None:
