@@ -3,9 +3,8 @@ Redis broker's list lengths (every priority list kombu keeps for a queue), a Rab
 message count from a passive `queue_declare`. Messages a worker has taken and not yet
 acknowledged are not waiting and not counted.
 
-Short timeouts: an unreachable broker is one sentence (`BrokerUnreachable`) within seconds,
-never a hang. Here, not in `orchestrator_hooks/`, because it is a broker concern either side
-may want; it imports neither celery nor numpy (redis and kombu only when asked).
+Short timeouts: an unreachable broker is one sentence (`BrokerUnreachable`) within seconds.
+Both sides use it (`flashsr-status`, the workers' metrics); it imports neither celery nor numpy.
 """
 from __future__ import annotations
 

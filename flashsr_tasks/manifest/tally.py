@@ -1,24 +1,9 @@
 """How a root's sources stand in its manifest: found, enhanced, failed, full-band, not yet done.
 
-`Tally` is what `flashsr-status` and `FlashSRExtension.status()` count with. It reads only the
-source names (discovery), manifest.json and its journal: no audio, no broker, no numpy. So it
-lives here with the manifest, on a floor both sides may import; the orchestrator side, which
-loads no worker code, then needs nothing but this and `files/`.
-
-A source's state is its last line as the fold would keep it: manifest.json's record or
-full-band entry, then every journal line on top (a `--no-wait` run's workers journal records
-that reach manifest.json only at the next run). Only sources found under the root now count.
-
-Bounded memory, whatever the number of records: each found source is held as a 64-bit digest
-in an open-addressing table (`array('Q')`, at most half full) with one state byte beside it,
-about 18 bytes a source (27 while the table doubles), never a path or a record; manifest.json
-is streamed (`layout.events`) and the journal read line by line. The digest is Python's own
-str hash (SipHash, 64 bits, keyed per process: a tally compares only digests of one process);
-two of a million sources share one with a probability of about 3e-8, and then one of them
-is counted in the other's state.
-
-`refresh()` reads only the journal lines appended since the last look, and starts over (from
-the sources already found) when a fold replaced manifest.json or removed the journal.
+`Tally` counts for `flashsr-status` and `FlashSRExtension.status()` from source names,
+manifest.json and its journal alone (no audio, no broker, no numpy), in about 18 bytes a source
+(64-bit digests in an open-addressing table). docs/manifest.md, "Counting a run's state",
+explains the digests, the last line winning and `refresh()`.
 """
 from __future__ import annotations
 
