@@ -61,8 +61,8 @@ def _imports(path: Path, package: str) -> set[str]:
     return found | parents
 
 
-def test_no_import_of_the_distributed_path_reaches_worker_code():
-    start = [f"orchestrator_hooks.distributed.{p.stem}" for p in (REPO / "orchestrator_hooks" / "distributed").glob("*.py")]
+def forbidden_imports_of(start: list[str]) -> list[str]:
+    """The worker code that the modules `start` can import, at their tops or in functions."""
     seen: set[str] = set()
     todo = list(start)
     while todo:
@@ -74,7 +74,12 @@ def test_no_import_of_the_distributed_path_reaches_worker_code():
         if path is not None:
             package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
             todo.extend(_imports(path, package))
-    reached = sorted(m for m in seen if m.startswith(FORBIDDEN))
+    return sorted(m for m in seen if m.startswith(FORBIDDEN))
+
+
+def test_no_import_of_the_distributed_path_reaches_worker_code():
+    start = [f"orchestrator_hooks.distributed.{p.stem}" for p in (REPO / "orchestrator_hooks" / "distributed").glob("*.py")]
+    reached = forbidden_imports_of(start)
     assert reached == [], f"the distributed path imports worker code: {reached}"
 
 

@@ -21,7 +21,7 @@ from flashsr_tasks.manifest.tally import Tally
 from orchestrator_hooks import FlashSRExtension
 from tests.signals import music_like, write
 from tests.test_distributed import _blocked_on, calls, hanging_source, release, wait_for
-from tests.test_orchestrator_lean import FORBIDDEN, _imports, _module_file
+from tests.test_orchestrator_lean import FORBIDDEN, forbidden_imports_of
 
 REPO = Path(__file__).resolve().parent.parent
 STATUS = [sys.executable, "-m", "orchestrator_hooks.cli.status"]
@@ -266,18 +266,8 @@ def test_a_root_of_100000_records_in_bounded_memory(tmp_path):
 
 def test_the_status_command_loads_no_worker_code(tmp_path):
     # every import the command and the stage's status() can make, at their tops and in functions
-    todo = ["orchestrator_hooks.cli.status", "orchestrator_hooks.run_status", "flashsr_tasks.manifest.tally",
-            "flashsr_tasks.broker.queues"]
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = _module_file(name)
-        if path is not None:
-            todo.extend(_imports(path, name if path.name == "__init__.py" else name.rsplit(".", 1)[0]))
-    assert sorted(m for m in seen if m.startswith(FORBIDDEN)) == []
+    assert forbidden_imports_of(["orchestrator_hooks.cli.status", "orchestrator_hooks.run_status",
+                                 "flashsr_tasks.manifest.tally", "flashsr_tasks.broker.queues"]) == []
     # and what a real run of it loads, with a broker (not reached) and through the stage's status()
     root = tmp_path / "stage"
     root.mkdir()
