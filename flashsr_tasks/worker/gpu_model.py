@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from flashsr_tasks import config
-from flashsr_tasks.broker.app import GPU_QUEUE
+from flashsr_tasks.broker.queues import GPU_QUEUE
 from flashsr_tasks.worker import metrics
 
 if TYPE_CHECKING:  # numpy: not in a worker's main process
