@@ -15,8 +15,8 @@ SETTINGS = (
     "FLASHSR_BROKER_URL", "FLASHSR_RESULT_BACKEND", "FLASHSR_MODEL_DIR", "FLASHSR_CACHE_DIR",
     "FLASHSR_WEIGHTS_REPO", "FLASHSR_WEIGHTS_REPO_TYPE", "FLASHSR_WEIGHTS_REVISION", "FLASHSR_ALLOWED_ROOTS",
     "FLASHSR_BAND_DROP_DB", "FLASHSR_VISIBILITY_TIMEOUT", "FLASHSR_TASK_TIME_LIMIT", "FLASHSR_SHUTDOWN_GRACE",
-    "FLASHSR_QUORUM_QUEUES", "FLASHSR_OUTAGE_BUDGET_S", "FLASHSR_GIVE_UP_AFTER", "FLASHSR_CHORD_SIZE",
-    "FLASHSR_MAX_IN_FLIGHT", "FLASHSR_DEVICE", "FLASHSR_CPU_PREFETCH", "FLASHSR_KEEP_INPUT_BAND",
+    "FLASHSR_MAX_ATTEMPTS", "FLASHSR_QUORUM_QUEUES", "FLASHSR_OUTAGE_BUDGET_S", "FLASHSR_GIVE_UP_AFTER",
+    "FLASHSR_CHORD_SIZE", "FLASHSR_MAX_IN_FLIGHT", "FLASHSR_DEVICE", "FLASHSR_CPU_PREFETCH", "FLASHSR_KEEP_INPUT_BAND",
     "FLASHSR_METRICS_PORT", "HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
     "FLASHSR_BATCH_SIZE", "FLASHSR_BATCH_WAIT_MS", "FLASHSR_FILES_IN_FLIGHT", "FLASHSR_LOWPASS_INPUT",
     "FLASHSR_AUTOCAST", "FLASHSR_VOCODER_DTYPE", "FLASHSR_TF32", "FLASHSR_FIXED_SHAPES",
@@ -38,6 +38,11 @@ VISIBILITY_MARGIN_S = 300
 # below the shortest notice it may get (30 s on GCP/Azure spot, 2 min on AWS; docker stop
 # waits 10 s unless stop_grace_period says more, as docker-compose.yml does).
 DEFAULT_SHUTDOWN_GRACE_S = 20
+# A file whose work kills its process is run at most this many times in all. A death that is not
+# the file's doing (a host lost once) still gets a second run; three deaths on one file are its
+# own. A hand-back on SIGTERM (preemption) is not a death and never counts. RabbitMQ's quorum
+# queues drop a message after 20 deliveries: keep FLASHSR_MAX_ATTEMPTS under that.
+DEFAULT_MAX_ATTEMPTS = 3
 
 
 def broker_url() -> Optional[str]:
@@ -69,6 +74,12 @@ def visibility_timeout_s() -> int:
 def shutdown_grace_s() -> int:
     """Seconds a worker sent SIGTERM keeps running its tasks before it hands them back."""
     return positive_int_env("FLASHSR_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE_S)
+
+
+def max_attempts() -> int:
+    """Runs of a file whose worker process died under it (OOM kill, crash), after which its file
+    gets a failed record instead of another run."""
+    return positive_int_env("FLASHSR_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
 
 
 def model_dir() -> Optional[str]:

@@ -26,12 +26,20 @@ lifecycle.preload_with(lambda: gpu_enhancer(), app)
 def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Any,
              queue: str) -> Outcome:
     # Imported here so an idle worker's processes stay small.
-    from flashsr_tasks.worker.task_bodies import enhance_one, journal_outcomes
+    from flashsr_tasks import config
+    from flashsr_tasks.worker import attempts
+    from flashsr_tasks.worker.task_bodies import enhance_one, journal_outcomes, killed_one
 
     run_id = job.get("run_id")
     if _cancelled(run_id):
         raise Ignore()  # an interrupted run: do nothing, store nothing
-    outcome = enhance_one(job, source, known_sha256, enhancer_for, queue)
+    client = getattr(app.backend, "client", None)
+    runs = attempts.started(client, task.request.id)
+    if runs > config.max_attempts():  # every run before this one killed its process: fail the file, never loop
+        outcome = killed_one(job, source, runs - 1, attempts.last_death(client, task.request.id), queue)
+    else:
+        outcome = enhance_one(job, source, known_sha256, enhancer_for, queue)
+    attempts.finished(client, task.request.id)
     if _cancelled(run_id):
         # Interrupted while this file was being done: nobody collects its chord, so keep its record here.
         journal_outcomes([outcome], str(Job.from_dict(job).manifest_root))
@@ -41,12 +49,16 @@ def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional
     return outcome
 
 
-@app.task(name=ENHANCE_TASK[GPU_QUEUE], bind=True)
+# The main process notes how a pool process running one of these died (worker.attempts).
+_COUNTING_REQUEST = "flashsr_tasks.worker.attempts:CountingRequest"
+
+
+@app.task(name=ENHANCE_TASK[GPU_QUEUE], bind=True, Request=_COUNTING_REQUEST)
 def enhance_gpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> Outcome:
     return _enhance(self, job, source, known_sha256, gpu_enhancer, GPU_QUEUE)
 
 
-@app.task(name=ENHANCE_TASK[CPU_QUEUE], bind=True)
+@app.task(name=ENHANCE_TASK[CPU_QUEUE], bind=True, Request=_COUNTING_REQUEST)
 def enhance_cpu(self: Any, job: dict[str, Any], source: str, known_sha256: Optional[str] = None) -> Outcome:
     from flashsr_tasks.enhance.enhancers import Resampler
 

@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import psutil
 import redis
@@ -121,14 +121,17 @@ def worker_env(broker: str, **overrides: str) -> dict[str, str]:
 
 def start_worker(
     queue: str, broker: str, logdir: Path, concurrency: int = 1, env: Optional[dict[str, str]] = None,
-    extra_args: Sequence[str] = (), ready_timeout: float = 60,
+    extra_args: Sequence[str] = (), ready_timeout: float = 60, wrap: Optional[Callable[[list[str]], list[str]]] = None,
 ) -> Worker:
-    """`celery -A flashsr_tasks worker -Q <queue>` as written in the README, waiting until it is ready."""
+    """`celery -A flashsr_tasks worker -Q <queue>` as written in the README, waiting until it is ready.
+    `wrap`: the command as it is to be started (inside a memory limit: tests.cgroups)."""
     name = f"{queue}-{free_port()}@localhost"
     log = logdir / f"worker-{name}.log"
     cmd = [sys.executable, "-m", "celery", "-A", "flashsr_tasks", "worker", "-Q", queue, "-n", name,
            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
            *extra_args]
+    if wrap is not None:
+        cmd = wrap(cmd)
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, cwd=REPO, env=env or worker_env(broker), stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)

@@ -20,7 +20,7 @@ from celery import Celery, signals
 from flashsr_tasks import config
 from flashsr_tasks.broker.queues import CPU_QUEUE, GPU_QUEUE
 from flashsr_tasks.worker import gpu_model, metrics, shutdown
-from flashsr_tasks.worker.memory import keep_freed_memory
+from flashsr_tasks.worker.memory import be_the_oom_victim, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def _forks(pool_cls: Any) -> bool:
 @signals.worker_process_init.connect
 def _prepare_pool_process(**_: Any) -> None:
     shutdown.install_in_pool_process()
+    be_the_oom_victim()
     gpu_model.in_forked_pool_process = True
     metrics.in_pool_process()
     if _serves_gpu:

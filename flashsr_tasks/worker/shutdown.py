@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from flashsr_tasks.files.atomic import remove_live_temporaries
-from flashsr_tasks.worker import metrics
+from flashsr_tasks.worker import attempts, metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def _hand_back_after(worker: Any, grace_s: float) -> None:
         time.sleep(_POLL_S)
     time.sleep(_POLL_S)  # let the acknowledgement of a task that just finished reach the broker
     unfinished = len(state.active_requests)
+    attempts.handed_back(getattr(worker.app.backend, "client", None), [r.id for r in list(state.active_requests)])
     restored = _restore_unacknowledged(worker)
     print(f"worker: handed back {restored} unfinished task(s) ({unfinished} running); exiting", flush=True)
     # The task threads cannot be stopped; ending the process is the only way out.
@@ -76,7 +77,11 @@ def install_in_pool_process() -> None:
 
 
 def _end_pool_process(_signum: int, _frame: Any) -> None:
+    from celery import current_task
+
     remove_live_temporaries()
+    if current_task:  # handed back, not killed: this run does not count against the file
+        attempts.handed_back(getattr(current_task.backend, "client", None), [current_task.request.id])
     os._exit(1)
 
 

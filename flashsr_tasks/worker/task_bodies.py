@@ -31,6 +31,20 @@ def enhance_one(
         metrics.task_finished(queue, started, outcome)
 
 
+def killed_one(job_data: dict[str, Any], source: str, deaths: int, how: Optional[str], queue: str) -> Outcome:
+    """The failed outcome of a task whose every run so far killed its worker process."""
+    from flashsr_tasks.enhance.killed import killed_outcome
+
+    started = metrics.task_started(queue)
+    job = Job.from_dict(job_data)
+    try:
+        outcome = killed_outcome(check_root(Path(job.root)), source, deaths, how)
+    except PathRefused as exc:
+        outcome = failed_outcome(source, f"refused: {exc}")
+    metrics.task_finished(queue, started, outcome)
+    return outcome
+
+
 def _enhance_one(
     job_data: dict[str, Any], source: str, known_sha256: Optional[str], enhancer_for: Callable[[], Enhancer]
 ) -> Outcome:

@@ -1,0 +1,101 @@
+"""A file whose work kills its process (here: a real kernel OOM kill, inside a real cgroup memory
+limit) is run at most FLASHSR_MAX_ATTEMPTS times, then failed with one sentence; the run ends, every
+other file is done, and the worker (or the command) lives on."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.cgroups import memory_group
+from tests.services import REPO, make_rabbit_vhost, start_redis, start_worker, stop_process, worker_env
+from tests.test_distributed import calls
+
+pytestmark = pytest.mark.celery
+
+MiB = 1 << 20
+# Below what resampling an hour of 8 kHz audio in one piece needs (about 800 MiB), above what a
+# worker and its pool process need for a short call.
+LIMIT = 300 * MiB
+LONG_MINUTES = 60
+
+
+def long_call(path: Path, minutes: int = LONG_MINUTES, rate: int = 8000) -> None:
+    """An 8 kHz mono call of `minutes`, written a minute at a time (the test process stays small)."""
+    rng = np.random.default_rng(7)
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=1, subtype="PCM_16") as out:
+        for _ in range(minutes):
+            out.write((rng.standard_normal(rate * 60) * 0.1).astype(np.float32))
+
+
+def records(root: Path) -> dict[str, dict]:
+    return {r["source"]: r for r in json.loads((root / "manifest.json").read_text())["enhancements"]}
+
+
+def run_command(root: Path, env: dict[str, str], wrap=lambda cmd: cmd, timeout: float = 240,
+                *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "orchestrator_hooks", "--input", str(root), "--device", "cpu", "--quiet", *args]
+    return subprocess.run(wrap(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def killed_three_times(record: dict, who: str) -> None:
+    assert record["status"] == "failed", record
+    assert record["error"].startswith(f"long.wav killed {who} 3 times (signal 9: out of memory?; "
+                                      f"the file is {LONG_MINUTES} min of 8 kHz mono audio)"), record["error"]
+
+
+def command_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_")}
+    env.update(settings)
+    return env
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_file_that_kills_its_worker_is_failed_after_three_runs_and_the_worker_serves_on(tmp_path, broker):
+    server = start_redis(tmp_path / "redis")
+    vhost = None
+    try:
+        if broker == "rabbitmq":
+            try:
+                vhost = make_rabbit_vhost()
+            except RuntimeError as exc:
+                pytest.skip(f"needs a local RabbitMQ: {exc}")
+        url = vhost.url if vhost else server.url
+        settings = {"FLASHSR_BROKER_URL": url, "FLASHSR_RESULT_BACKEND": server.url}
+        with memory_group(LIMIT) as group:
+            worker = start_worker("cpu", url, tmp_path, concurrency=1, env=worker_env(url, **settings),
+                                  wrap=group.wrap)
+            try:
+                root = tmp_path / "stage"
+                names = calls(root, 5)
+                long_call(root / "long.wav")
+                started = time.monotonic()
+                run = run_command(root, command_env(**settings))
+                took = time.monotonic() - started
+                assert run.returncode == 1, run.stderr
+                found = records(root)
+                killed_three_times(found["long.wav"], "its worker")
+                assert all(found[n]["status"] == "ok" for n in names), found
+                assert group.oom_kills() == 3, "each of the three runs was one OOM kill"
+                assert worker.process.poll() is None, "the worker's main process lives"
+                assert took < 180, f"the run took {took:.0f} s"
+                # The same worker takes a new run.
+                again = tmp_path / "again"
+                more = calls(again, 3)
+                second = run_command(again, command_env(**settings), timeout=120)
+                assert second.returncode == 0, second.stderr
+                assert all(records(again)[n]["status"] == "ok" for n in more)
+                assert not list(server.client().scan_iter("flashsr-runs-*")), "a finished task's count is gone"
+            finally:
+                stop_process(worker.process)
+    finally:
+        if vhost is not None:
+            vhost.delete()
+        server.stop()
