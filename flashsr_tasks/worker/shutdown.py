@@ -28,6 +28,17 @@ def install(worker: Any, grace_s: float, forks: bool) -> None:
 
     if forks:
         install_worker_term_hard_handler(worker, sig="SIGTERM")
+        cold_shutdown = signal.getsignal(signal.SIGTERM)
+
+        noticed = threading.Event()
+
+        def on_sigterm_forking(signum: int, frame: Any) -> None:
+            if not noticed.is_set():
+                noticed.set()
+                _not_deaths(worker)
+            cold_shutdown(signum, frame)  # type: ignore[operator,misc]  # Celery's handler: a callable
+
+        platforms.signals["SIGTERM"] = on_sigterm_forking
         return
     started = threading.Event()
 
@@ -35,6 +46,7 @@ def install(worker: Any, grace_s: float, forks: bool) -> None:
         if started.is_set():
             return  # a second notice changes nothing: the hand-back is under way
         started.set()
+        _not_deaths(worker)
         print("worker: SIGTERM: finishing running tasks for up to %gs, then handing the rest back" % grace_s,
               flush=True)
         _stop_consuming(worker)
@@ -42,6 +54,14 @@ def install(worker: Any, grace_s: float, forks: bool) -> None:
                          daemon=True).start()
 
     platforms.signals["SIGTERM"] = on_sigterm
+
+
+def _not_deaths(worker: Any) -> None:
+    """The runs going on now end in a hand-back (or finish): none counts as a death of the file's
+    worker (worker.attempts), even if a SIGKILL follows the notice before the grace is over."""
+    from celery.worker import state
+
+    attempts.handed_back(getattr(worker.app.backend, "client", None), [r.id for r in list(state.active_requests)])
 
 
 def _stop_consuming(worker: Any) -> None:
