@@ -99,3 +99,47 @@ def test_a_file_that_kills_its_worker_is_failed_after_three_runs_and_the_worker_
         if vhost is not None:
             vhost.delete()
         server.stop()
+
+
+def test_on_the_threads_pool_the_whole_worker_dies_and_the_count_is_kept_across_its_restarts(tmp_path):
+    """The threads pool runs tasks in the worker's only process: the OOM killer takes the worker,
+    its task comes back after the visibility timeout to the restarted worker (a supervisor's
+    restart policy), and the count, kept in Redis, ends it after three runs."""
+    server = start_redis(tmp_path / "redis")
+    settings = {"FLASHSR_BROKER_URL": server.url, "FLASHSR_VISIBILITY_TIMEOUT": "4", "HF_HUB_OFFLINE": "1",
+                "FLASHSR_CACHE_DIR": str(tmp_path / "cache")}
+    try:
+        with memory_group(LIMIT) as group:
+            root = tmp_path / "stage"
+            names = calls(root, 3)
+            long_call(root / "long.wav")
+            run = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator_hooks", "--input", str(root), "--device", "cuda", "--quiet"],
+                cwd=REPO, env=command_env(**settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            restarts = 0
+            deadline = time.monotonic() + 240
+            try:
+                while run.poll() is None:  # the supervisor: a dead worker is started again
+                    assert time.monotonic() < deadline, "the run did not end"
+                    worker = start_worker("gpu", server.url, tmp_path, concurrency=1, extra_args=("--pool", "threads"),
+                                          env=worker_env(server.url, **settings), wrap=group.wrap)
+                    while worker.process.poll() is None and run.poll() is None:
+                        assert time.monotonic() < deadline, "the run did not end"
+                        time.sleep(0.2)
+                    if worker.process.poll() is None:
+                        stop_process(worker.process)
+                    else:
+                        restarts += 1
+                _, stderr = run.communicate(timeout=10)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+            assert run.returncode == 1, stderr
+            found = records(root)
+            assert found["long.wav"]["status"] == "failed"
+            assert found["long.wav"]["error"].startswith(
+                f"long.wav killed its worker 3 times (the file is {LONG_MINUTES} min of 8 kHz mono audio)"), found
+            assert all(found[n]["status"] == "ok" for n in names), found
+            assert restarts == 3 and group.oom_kills() == 3
+    finally:
+        server.stop()
