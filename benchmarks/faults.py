@@ -32,6 +32,7 @@ from typing import Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.cgroups import NoMemoryGroup, memory_group_or_raise  # noqa: E402
 from tests.services import RedisServer, Worker, kill_tree, start_redis, start_worker, worker_env  # noqa: E402
 from tests.signals import speech_like, write  # noqa: E402
 
@@ -72,9 +73,9 @@ class Stage:
         for _ in range(workers):
             self.add_worker()
 
-    def add_worker(self, **env: str) -> Worker:
+    def add_worker(self, wrap: Optional[Callable[[list[str]], list[str]]] = None, **env: str) -> Worker:
         all_env = worker_env(self.broker, FLASHSR_RESULT_BACKEND=self.redis.url, **{**self.env, **env})
-        worker = start_worker("cpu", self.broker, self.tmp, concurrency=2, env=all_env)
+        worker = start_worker("cpu", self.broker, self.tmp, concurrency=2, env=all_env, wrap=wrap)
         self.workers.append(worker)
         return worker
 
@@ -84,12 +85,15 @@ class Stage:
             rate = 8000
             write(root / f"d{i % 10}" / f"call_{i:05d}.wav", speech_like(rate, 1 + (i % 3), seed=i), rate)
 
-    def command(self, *args: str, **env: str) -> subprocess.Popen:
+    def command(self, *args: str, wrap: Callable[[list[str]], list[str]] = list, in_process: bool = False,
+                **env: str) -> subprocess.Popen:
         full = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_")}
-        full.update(FLASHSR_BROKER_URL=self.broker, FLASHSR_RESULT_BACKEND=self.redis.url, **env)
+        if not in_process:
+            full.update(FLASHSR_BROKER_URL=self.broker, FLASHSR_RESULT_BACKEND=self.redis.url)
+        full.update(env)
         self.stderr = self.tmp / f"stderr-{time.monotonic_ns()}"
-        return subprocess.Popen([sys.executable, "-m", "orchestrator_hooks.flashsr_extension", "--input",
-                                 str(self.root), "--device", "cpu", "--quiet", *args], cwd=REPO, env=full,
+        return subprocess.Popen(wrap([sys.executable, "-m", "orchestrator_hooks.flashsr_extension", "--input",
+                                      str(self.root), "--device", "cpu", "--quiet", *args]), cwd=REPO, env=full,
                                 stdout=subprocess.DEVNULL, stderr=open(self.stderr, "wb"), preexec_fn=_hear_ctrl_c)
 
     def fault(self) -> None:
@@ -306,6 +310,46 @@ def rabbitmq(stage: Stage) -> Result:
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
+# A poison file: an hour of 8 kHz audio, which resampling whole needs about 800 MiB for, where
+# the kernel allows 300 MiB (a real cgroup memory limit, as a container's).
+POISON_LIMIT = 300 << 20
+
+
+def poison_file(in_process: bool) -> Callable[[Stage], Result]:
+    def fault(stage: Stage) -> Result:
+        try:
+            with memory_group_or_raise(POISON_LIMIT) as group:
+                if not in_process:
+                    stage.start(workers=0)
+                    stage.add_worker(wrap=group.wrap)
+                stage.write_calls()
+                _hour_of_call(stage.root / "long.wav")
+                started = time.monotonic()
+                stage.fault()
+                run = stage.command(wrap=group.wrap if in_process else list, in_process=in_process)
+                result = finish(stage, "", run, started)
+                kills = group.oom_kills()
+        except NoMemoryGroup as exc:
+            return Result(fault="", status="skipped", note=str(exc))
+        entries = json.loads((stage.root / "manifest.json").read_text())["enhancements"]
+        long = next(e for e in entries if e["source"] == "long.wav")
+        if long["status"] == "failed":
+            result.falsely_failed -= 1  # failed as it should be
+        result.note = f"{kills} OOM kills; long.wav: {long.get('error') or long['status']}"[:160]
+        return result
+    return fault
+
+
+def _hour_of_call(path: Path, rate: int = 8000) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(7)
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=1, subtype="PCM_16") as out:
+        for _ in range(60):
+            out.write((rng.standard_normal(rate * 60) * 0.1).astype(np.float32))
+
+
 def full_disk(stage: Stage) -> Result:
     """In-process: the output disk (a 3 MiB tmpfs) fills mid-run; then room is made and the same command runs."""
     mount = stage.tmp / "small"
@@ -409,6 +453,8 @@ FAULTS: dict[str, tuple[str, Callable[[Stage], Result]]] = {
     "sigterm": ("a worker sent SIGTERM mid-task, SIGKILL 10 s later", worker_sigterm_mid_task),
     "rabbitmq": ("RabbitMQ broker (results in Redis), a worker SIGKILLed", rabbitmq),
     "disk": ("output disk full (in-process, 3 MiB tmpfs)", full_disk),
+    "poison": ("a file that is OOM-killed on every run (worker in a 300 MiB cgroup)", poison_file(False)),
+    "poison-in-process": ("the same, in-process (the command in the cgroup)", poison_file(True)),
     "ctrl-c": ("Ctrl-C of a distributed run at 25 %, then the same command", ctrl_c_then_again),
     "no-wait": ("--no-wait", no_wait),
 }

@@ -44,19 +44,33 @@ def _where() -> Optional[tuple[Path, int]]:
     return None
 
 
+class NoMemoryGroup(Exception):
+    """No memory group can be made here; the message says why."""
+
+
 @contextlib.contextmanager
 def memory_group(limit_bytes: int) -> Iterator[MemoryGroup]:
     """A fresh memory group limited to `limit_bytes` (no swap beyond it); the test is skipped, with
     the reason, where no memory controller is writable (not root, no cgroup mounted)."""
+    try:
+        with memory_group_or_raise(limit_bytes) as group:
+            yield group
+    except NoMemoryGroup as exc:
+        pytest.skip(str(exc))
+
+
+@contextlib.contextmanager
+def memory_group_or_raise(limit_bytes: int) -> Iterator[MemoryGroup]:
+    """As `memory_group`, raising NoMemoryGroup where none can be made (for benchmarks)."""
     where = _where()
     if where is None:
-        pytest.skip("needs a writable cgroup memory controller (v1 at /sys/fs/cgroup/memory or v2): run as root")
+        raise NoMemoryGroup("needs a writable cgroup memory controller (v1 at /sys/fs/cgroup/memory or v2): run as root")
     parent, version = where
     path = parent / f"flashsr-test-{uuid.uuid4().hex[:8]}"
     try:
         path.mkdir()
     except OSError as exc:
-        pytest.skip(f"cannot make a cgroup under {parent}: {exc}")
+        raise NoMemoryGroup(f"cannot make a cgroup under {parent}: {exc}") from None
     try:
         if version == 1:
             (path / "memory.limit_in_bytes").write_text(str(limit_bytes))

@@ -39,8 +39,8 @@ def records(root: Path) -> dict[str, dict]:
     return {r["source"]: r for r in json.loads((root / "manifest.json").read_text())["enhancements"]}
 
 
-def run_command(root: Path, env: dict[str, str], wrap=lambda cmd: cmd, timeout: float = 240,
-                *args: str) -> subprocess.CompletedProcess:
+def run_command(root: Path, env: dict[str, str], *args: str, wrap=lambda cmd: cmd,
+                timeout: float = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "orchestrator_hooks", "--input", str(root), "--device", "cpu", "--quiet", *args]
     return subprocess.run(wrap(cmd), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -143,3 +143,24 @@ def test_on_the_threads_pool_the_whole_worker_dies_and_the_count_is_kept_across_
             assert restarts == 3 and group.oom_kills() == 3
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_in_process_a_file_that_kills_its_process_is_failed_after_three_runs_and_the_run_ends(tmp_path, processes):
+    """The command runs each file in a pool process (also with --processes 1): the OOM killer takes
+    that process, never the command, which retries the file in a fresh one, then fails it."""
+    with memory_group(LIMIT) as group:
+        root = tmp_path / "stage"
+        names = calls(root, 6)
+        long_call(root / "long.wav")
+        started = time.monotonic()
+        run = run_command(root, command_env(), "--processes", str(processes), wrap=group.wrap)
+        took = time.monotonic() - started
+        assert run.returncode == 1, run.stderr
+        assert "1 failed" in run.stdout + run.stderr
+        found = records(root)
+        killed_three_times(found["long.wav"], "its process")
+        assert all(found[n]["status"] == "ok" for n in names), found
+        assert group.oom_kills() == 3
+        assert took < 120, f"the run took {took:.0f} s"
+        assert not list(root.rglob(".*.tmp"))

@@ -48,7 +48,10 @@ def _what_the_file_is(root: Path, source: str) -> Optional[str]:
     from flashsr_tasks.files.roots import PathRefused, resolve_source
 
     try:
-        info = sf.info(str(resolve_source(root, source)))
+        path = resolve_source(root, source)
+        if not path.is_file():
+            return None  # a FIFO or a device would block the read of its header
+        info = sf.info(str(path))
     except (PathRefused, OSError, RuntimeError, ValueError, TypeError):
         return None
     channels = {1: "mono", 2: "stereo"}.get(info.channels, f"{info.channels}-channel")

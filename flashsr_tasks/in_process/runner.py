@@ -1,46 +1,37 @@
-"""The embedded default: run a job's files in this process (or a local process pool).
+"""The embedded default: run a job's files on this machine, journaling each record as it comes.
 
-The resampler is cheap and CPU-bound, so it fans out over every core; the model is large
-and owns its device, so it runs in this process, one file after another.
+The resampler is cheap and CPU-bound, so it fans out over every core, in pool processes
+(in_process.file_pool) where a death takes only its own file; the model is large and owns its
+device, so it runs in this process, its files pipelined through one batcher.
 
-Sources stream in and outcomes stream out: at most `_WINDOW_CHUNKS` chunks per process are in
-flight, whatever the run's length. Every finished chunk's records are appended to the root's
-journal as it arrives, so a run killed at any moment keeps every file it finished; the caller
-folds the journal into manifest.json at the end.
+Sources stream in and outcomes stream out: a few files per process are in flight, whatever the
+run's length. Records are appended to the root's journal as they arrive, so a run killed at any
+moment keeps every file it finished; the caller folds the journal into manifest.json at the end.
 """
 from __future__ import annotations
 
-import collections
-import ctypes
 import itertools
-import multiprocessing
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Optional, Union
 
+from flashsr_tasks import config
 from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer
 from flashsr_tasks.files.disk_full import DiskFull, is_disk_full
+from flashsr_tasks.in_process.file_pool import FilePool
 from flashsr_tasks.manifest.records import Outcome, records_of
 from flashsr_tasks.manifest.store import append_records
 from flashsr_tasks.runs.job import Job
-from flashsr_tasks.runs.planning import Todo, in_chunks
-from flashsr_tasks.worker.memory import keep_freed_memory
+from flashsr_tasks.runs.planning import Todo
 
-# Files per pool message: large enough to amortise inter-process traffic on short calls,
-# small enough that the progress bar still moves and a killed run redoes little.
+# Records held before one journal write while they come fast: a killed run loses at most these.
 _CHUNK = 8
-# Chunks queued per pool process: enough to keep it busy while the main process collects.
-_WINDOW_CHUNKS = 4
-_MIN_FILES_FOR_POOL = 4
 # The journal is fsynced at most this often (a killed process loses nothing either way; this
 # bounds what a power cut can take).
 _SYNC_EVERY_S = 1.0
 # Records that come closer together than this are journaled a chunk at a time.
 _HOLD_S = 0.2
-
-_pool_state: dict[str, Any] = {}
 
 
 def run_in_process(
@@ -124,7 +115,7 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
     if not first:
         return  # everything was skipped: nothing to load, not even numpy
     # Imported only now, for the same reason.
-    from flashsr_tasks.enhance.enhancers import Resampler, load_enhancer, wants_model
+    from flashsr_tasks.enhance.enhancers import load_enhancer, wants_model
 
     todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
     if wants_model(job.device, job.model_dir):
@@ -135,44 +126,19 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
         # the model could not load: the rest is resampling, which a pool does best
     first = []
-    yield from _skips_until(todos, _MIN_FILES_FOR_POOL, first)
-    todos = itertools.chain(first, todos)
-    if processes < 2 or len(first) < _MIN_FILES_FOR_POOL:
-        for item in todos:
-            yield _one(root, item, job, Resampler)
+    yield from _skips_until(todos, processes, first)
+    if not first:
         return
-    context = multiprocessing.get_context(_start_method())
-    stop = context.Event()
-    with context.Pool(processes, initializer=_init_pool, initargs=(str(root), job.to_dict(), stop)) as pool:
-        window: collections.deque = collections.deque()
-        try:
-            for chunk in in_chunks(todos, _CHUNK):
-                if isinstance(chunk, dict):
-                    yield [chunk]
-                    continue
-                window.append(pool.apply_async(_pool_process, (chunk,)))
-                # Collect what is done; wait for the oldest chunk only when the window is full.
-                while window and (window[0].ready() or len(window) >= processes * _WINDOW_CHUNKS):
-                    yield window.popleft().get()
-            while window:
-                yield window.popleft().get()
-        except BaseException:
-            # Ctrl-C (or a full disk): each process finishes the file it is on, so that none is
-            # cut mid-write (a SIGTERM would leave its temporary file); that bounds the wait. A
-            # second Ctrl-C cuts it short. Chunks that finished behind an unfinished one are records too.
-            stop.set()
-            pool.close()
-            try:
-                pool.join()
-            finally:
-                salvage([o for r in window if r.ready() and r.successful() for o in r.get()])
-            raise
-
-
-def _one(root: Path, item: Union[Todo, Outcome], job: Job, enhancer_for: Callable[[], Any]) -> list[Outcome]:
-    from flashsr_tasks.enhance.per_file import process_file
-
-    return [item if isinstance(item, dict) else process_file(root, item.source, job, enhancer_for, item.known_sha256)]
+    # Even one file runs in a pool process: whatever kills it (the OOM killer) takes that file alone.
+    pool = FilePool(min(processes, len(first)), root, job, config.max_attempts())
+    try:
+        yield from ([outcome] for outcome in pool.outcomes(itertools.chain(first, todos)))
+    except BaseException:
+        # Ctrl-C (or a full disk): each process finishes the file it is on, so that none is cut
+        # mid-write; what they finish is journaled (salvage). A second Ctrl-C cuts it short.
+        pool.close(salvage)
+        raise
+    pool.close()
 
 
 def _skips_until(work: Iterator[Union[Todo, Outcome]], count: int, todos: list[Todo]) -> Iterator[list[Outcome]]:
@@ -187,42 +153,3 @@ def _skips_until(work: Iterator[Union[Todo, Outcome]], count: int, todos: list[T
                 return
 
 
-def _start_method() -> str:
-    # fork starts workers in milliseconds with the modules already imported; the resample
-    # path holds no threads or devices that fork could break.
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-def _init_pool(root: str, job: dict[str, Any], stop: Any) -> None:
-    _die_with_parent()
-    # Ctrl-C reaches the whole process group: the parent alone handles it, by setting `stop`.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
-    keep_freed_memory()
-    _pool_state.update(root=Path(root), job=Job.from_dict(job), stop=stop)
-
-
-def _exit_quietly(_signum: int, _frame: Any) -> None:
-    raise SystemExit(0)  # multiprocessing prints no traceback for SystemExit
-
-
-def _die_with_parent() -> None:
-    """A runner killed with SIGKILL cannot stop its pool; without this its processes would wait
-    on the task pipe forever. Linux only; elsewhere a no-op."""
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _pool_process(chunk: list[Todo]) -> list[Outcome]:
-    from flashsr_tasks.enhance.enhancers import Resampler
-    from flashsr_tasks.enhance.per_file import process_file
-
-    root, job, stop = _pool_state["root"], _pool_state["job"], _pool_state["stop"]
-    outcomes = []
-    for source, known_sha256 in chunk:
-        if stop.is_set():
-            break  # the run is stopping: the rest of the chunk is left for the next run
-        outcomes.append(process_file(root, source, job, Resampler, known_sha256))
-    return outcomes
