@@ -124,6 +124,8 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
     if not first:
         return  # everything was skipped: nothing to load, not even numpy
     # Imported only now, for the same reason.
+    from flashsr_tasks import config
+    from flashsr_tasks.enhance import memory_budget
     from flashsr_tasks.enhance.enhancers import Resampler, load_enhancer, wants_model
 
     todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
@@ -132,15 +134,18 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
         from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes
 
+        memory_budget.share_among(1, config.files_in_flight())  # one process, its files in threads
         yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
         # the model could not load: the rest is resampling, which a pool does best
     first = []
     yield from _skips_until(todos, _MIN_FILES_FOR_POOL, first)
     todos = itertools.chain(first, todos)
     if processes < 2 or len(first) < _MIN_FILES_FOR_POOL:
+        memory_budget.share_among(1, 1)
         for item in todos:
             yield _one(root, item, job, Resampler)
         return
+    memory_budget.share_among(processes + 1, processes)  # the pool's processes and this one; one file each
     context = multiprocessing.get_context(_start_method())
     stop = context.Event()
     with context.Pool(processes, initializer=_init_pool, initargs=(str(root), job.to_dict(), stop)) as pool:
