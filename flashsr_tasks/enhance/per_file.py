@@ -1,7 +1,9 @@
 """The per-file work: read → decide → enhance → write → record.
 
 The in-process runner and the Celery tasks both call `process_file`; neither has its own
-copy. It never raises for a bad file: it returns a failed record with one clear sentence.
+copy. It never raises for a bad file: it returns a failed record with one clear sentence. A file
+whose estimated memory need does not fit this worker's budget is refused before it is decoded
+(enhance.memory_budget, enhance.memory_need; docs/workers.md, "Memory").
 """
 from __future__ import annotations
 

@@ -75,12 +75,12 @@ def too_big_for(device: torch.device) -> TooBig:
 
 
 def describe(device: torch.device) -> str:
-    """`the 79.1 GiB of NVIDIA H100 80GB HBM3 (2.1 GiB free)`, or what is known."""
+    """`the 79.1 GiB of NVIDIA H100 80GB HBM3, 2.1 GiB of it free`, or what is known."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return f"the memory of {device}"
     try:
         props = torch.cuda.get_device_properties(device)
         free, total = torch.cuda.mem_get_info(device)
-        return f"the {total / (1 << 30):.1f} GiB of {props.name} ({free / (1 << 30):.1f} GiB free)"
+        return f"the {total / (1 << 30):.1f} GiB of {props.name}, {free / (1 << 30):.1f} GiB of it free"
     except Exception:  # the device in a bad state: say what is certain
         return f"the memory of {device}"
