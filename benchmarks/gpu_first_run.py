@@ -20,10 +20,14 @@ dropped, staged forward, fixed shapes on CUDA):
   syncs_per_forward   host-device syncs in one forward pass (torch.cuda.set_sync_debug_mode);
   pipelined           calls enhanced from one thread each through the model's batcher, as a
                       pipelined gpu worker runs them: the GPU's busy share (the union of CUDA
-                      kernel times from torch.profiler over the wall time), rows per pass, padded share.
+                      kernel times from torch.profiler over the wall time), rows per pass, padded share;
+  out_of_memory       one batch past the GPU's memory (a power of two ≥ twice its GiB in rows) through the
+                      batcher: CUDA's out-of-memory, halved until it fits, every row back and finite; and
+                      the default batch size the free memory after loading gives (CUDA only).
 
 `--quick`: batch size 1, one repeat, no warm-up, the bf16 vocoder's error on a 0.64 s slice,
-no pipelined run: the same keys, with null where a figure was not measured (`not_measured` says why).
+no pipelined run, no out-of-memory run: the same keys, with null where a figure was not measured
+(`not_measured` says why).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from flashsr_tasks.model import gpu_memory  # noqa: E402
 from flashsr_tasks.model.fast_path import set_cuda_math  # noqa: E402
 from flashsr_tasks.model.flashsr import FlashSREnhancer, load_flashsr  # noqa: E402
 from flashsr_tasks.model.random_weights import write_random_weights_in_subprocess  # noqa: E402
@@ -226,6 +231,30 @@ def pipelined(enhancer: FlashSREnhancer, device: torch.device, calls: int, call_
             "audio_s_per_s": round(calls * call_seconds / wall, 3)}
 
 
+def out_of_memory(enhancer: FlashSREnhancer, device: torch.device) -> dict:
+    """One batch past the GPU's memory through the model's batcher: CUDA's out-of-memory is caught, the batch runs
+    again in halves until it fits, and every row comes back (docs/gpu-worker.md, "Out of GPU memory")."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    rows = 1
+    while rows < 2 * total / gpu_memory.BYTES_PER_ROW:
+        rows *= 2
+    x = speech_rows(rows, seed=5)
+    enhancer.close()
+    kept = enhancer.batch_size
+    enhancer.batch_size = rows  # one batch of all of them
+    try:
+        began = time.perf_counter()
+        y = enhancer.batcher.run(x)
+        wall = time.perf_counter() - began
+        stats = enhancer.stats
+    finally:
+        enhancer.close()
+        enhancer.batch_size = kept
+    return {"rows_asked": rows, "gpu_total_gib": round(total / 2 ** 30, 1), "halvings": stats.halvings,
+            "passes": stats.batches, "rows_per_pass": round(stats.rows_per_batch, 2), "rows_back": int(y.shape[0]),
+            "finite": bool(np.isfinite(y).all()), "wall_s": round(wall, 3)}
+
+
 def environment(device: torch.device) -> dict:
     info: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda,
                             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
@@ -271,6 +300,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             assert enhancer.method == "flashsr" and device.type == "cuda", f"the model did not run on CUDA: {model_ran}"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            default_batch_size = gpu_memory.batch_size_for(gpu_memory.free_bytes(device))  # as the loader would
         flags = {"tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_autotune": torch.backends.cudnn.benchmark}
         result: dict[str, Any] = {
             "gpu": environment(device), "flags": flags,
@@ -299,6 +329,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             with torch.inference_mode():
                 result["pipelined"] = pipelined(enhancer, device, args.calls, args.call_seconds)
+        if args.quick or device.type != "cuda":  # a CPU has no device memory to run out of: never asked there
+            result["out_of_memory"] = None
+            result["not_measured"]["out_of_memory"] = "--quick" if args.quick else "CUDA only"
+        else:
+            result["out_of_memory"] = {**out_of_memory(enhancer, device), "default_batch_size": default_batch_size}
         enhancer.close()
 
     if args.json:

@@ -21,6 +21,7 @@ SETTINGS = (
     "FLASHSR_BATCH_SIZE", "FLASHSR_BATCH_WAIT_MS", "FLASHSR_FILES_IN_FLIGHT", "FLASHSR_LOWPASS_INPUT",
     "FLASHSR_AUTOCAST", "FLASHSR_VOCODER_DTYPE", "FLASHSR_TF32", "FLASHSR_FIXED_SHAPES",
     "FLASHSR_TORCH_THREADS", "FLASHSR_COMPILE_VOCODER", "FLASHSR_REQUIRE_MODEL",
+    "FLASHSR_MEMORY_LIMIT",
 )
 # Of those, read by huggingface_hub itself (and honoured as it defines them), never here.
 LIBRARY_SETTINGS = ("HF_TOKEN",)
@@ -167,8 +168,15 @@ def bool_env(name: str, default: bool) -> bool:
 
 
 def model_batch_size(on_cuda: bool) -> int:
-    """FLASHSR_BATCH_SIZE: windows (channel rows) per forward pass; 4 on CUDA, 1 on the CPU."""
+    """FLASHSR_BATCH_SIZE: windows (channel rows) per forward pass; 4 on CUDA, 1 on the CPU.
+    On CUDA the model's loader uses `explicit_batch_size` instead and sizes an unset one from
+    the GPU's free memory (flashsr_tasks.model.gpu_memory)."""
     return positive_int_env("FLASHSR_BATCH_SIZE", 4 if on_cuda else 1)
+
+
+def explicit_batch_size() -> Optional[int]:
+    """FLASHSR_BATCH_SIZE when it is set, else None."""
+    return positive_int_env("FLASHSR_BATCH_SIZE", 0) or None
 
 
 def lowpass_input() -> bool:
@@ -340,3 +348,32 @@ def hf_hub_offline() -> bool:
     """HF_HUB_OFFLINE, parsed as huggingface_hub parses it (1/ON/YES/TRUE, anything else is off),
     so that flashsr and the library never disagree on whether they are offline."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+# ---------------------------------------------------------------------------- memory
+
+_MEMORY_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+                 "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40,
+                 "TIB": 1 << 40}
+
+
+def memory_limit() -> Optional[int]:
+    """FLASHSR_MEMORY_LIMIT: a worker's memory budget in bytes, shared by its processes and files
+    in flight (flashsr_tasks.enhance.memory_budget). `2G`, `500M`, `1.5GiB` or plain bytes (units
+    are binary: K = 1024); `off` or `0`: refuse nothing, whatever the cgroup says. None when unset
+    or `auto`: the cgroup's limit, if any, is the budget."""
+    raw = os.environ.get("FLASHSR_MEMORY_LIMIT", "").strip()
+    if not raw or raw.lower() == "auto":
+        return None
+    if raw.lower() in {"off", "none", "0"}:
+        return 0
+    number = raw.rstrip("bBiIkKmMgGtT").strip()
+    unit = raw[len(number):].strip().upper() if number else ""
+    try:
+        value = float(number) * _MEMORY_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"FLASHSR_MEMORY_LIMIT must be a size such as 2G, 500M or a number of bytes, "
+                         f"or off, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"FLASHSR_MEMORY_LIMIT must be positive (or off), not {raw!r}")
+    return int(value)

@@ -82,7 +82,7 @@ def test_gpu_pipeline_benchmark_prints_its_figures() -> None:
 
 
 FIRST_RUN_KEYS = {"gpu", "flags", "precision", "weights", "model_ran", "batch_sizes", "audio_s_per_s", "peak_memory",
-                  "pipelined", "max_error_vs_fp32", "syncs_per_forward", "not_measured", "quick"}
+                  "pipelined", "max_error_vs_fp32", "syncs_per_forward", "not_measured", "quick", "out_of_memory"}
 
 
 @pytest.mark.model
@@ -107,6 +107,7 @@ def test_the_first_gpu_run_benchmark_runs_reduced_on_the_cpu(random_model_dir) -
     bf16 = result["max_error_vs_fp32"]["bf16_vocoder"]
     assert 0 < bf16["max_diff_over_peak"] < 1 and bf16["snr_db"] > 0  # bf16 differs, but is the same audio
     assert result["pipelined"]["gpu_busy_share"] is None and "pipelined" in result["not_measured"]
+    assert result["out_of_memory"] is None and "out_of_memory" in result["not_measured"]
 
 
 def test_faults_benchmark_prints_its_table() -> None:

@@ -25,6 +25,9 @@ MiB = 1 << 20
 # worker and its pool process need for a short call.
 LIMIT = 300 * MiB
 LONG_MINUTES = 60
+# A worker that knows its limit refuses such a file before trying (tests/test_memory_limit.py);
+# here it must try, and be killed, so that the counting of deaths is what is tested.
+NO_REFUSAL = {"FLASHSR_MEMORY_LIMIT": "off"}
 
 
 def long_call(path: Path, minutes: int = LONG_MINUTES, rate: int = 8000) -> None:
@@ -68,7 +71,7 @@ def test_a_file_that_kills_its_worker_is_failed_after_three_runs_and_the_worker_
             except RuntimeError as exc:
                 pytest.skip(f"needs a local RabbitMQ: {exc}")
         url = vhost.url if vhost else server.url
-        settings = {"FLASHSR_BROKER_URL": url, "FLASHSR_RESULT_BACKEND": server.url}
+        settings = {"FLASHSR_BROKER_URL": url, "FLASHSR_RESULT_BACKEND": server.url, **NO_REFUSAL}
         with memory_group(LIMIT) as group:
             worker = start_worker("cpu", url, tmp_path, concurrency=1, env=worker_env(url, **settings),
                                   wrap=group.wrap)
@@ -107,7 +110,7 @@ def test_on_the_threads_pool_the_whole_worker_dies_and_the_count_is_kept_across_
     restart policy), and the count, kept in Redis, ends it after three runs."""
     server = start_redis(tmp_path / "redis")
     settings = {"FLASHSR_BROKER_URL": server.url, "FLASHSR_VISIBILITY_TIMEOUT": "4", "HF_HUB_OFFLINE": "1",
-                "FLASHSR_CACHE_DIR": str(tmp_path / "cache")}
+                "FLASHSR_CACHE_DIR": str(tmp_path / "cache"), **NO_REFUSAL}
     try:
         with memory_group(LIMIT) as group:
             root = tmp_path / "stage"
@@ -154,7 +157,7 @@ def test_in_process_a_file_that_kills_its_process_is_failed_after_three_runs_and
         names = calls(root, 6)
         long_call(root / "long.wav")
         started = time.monotonic()
-        run = run_command(root, command_env(), "--processes", str(processes), wrap=group.wrap)
+        run = run_command(root, command_env(**NO_REFUSAL), "--processes", str(processes), wrap=group.wrap)
         took = time.monotonic() - started
         assert run.returncode == 1, run.stderr
         assert "1 failed" in run.stdout + run.stderr

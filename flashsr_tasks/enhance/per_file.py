@@ -1,7 +1,9 @@
 """The per-file work: read → decide → enhance → write → record.
 
 The in-process runner and the Celery tasks both call `process_file`; neither has its own
-copy. It never raises for a bad file: it returns a failed record with one clear sentence.
+copy. It never raises for a bad file: it returns a failed record with one clear sentence. A file
+whose estimated memory need does not fit this worker's budget is refused before it is decoded
+(enhance.memory_budget, enhance.memory_need; docs/workers.md, "Memory").
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ from typing import Any, Callable, Optional
 
 from flashsr_tasks import config
 from flashsr_tasks.audio.containers import AudioError, output_format_of, output_is_whole
-from flashsr_tasks.audio.reading import describe, read_source
+from flashsr_tasks.audio.reading import describe, header_of, read_source
 from flashsr_tasks.audio.resample import OUTPUT_RATE
 from flashsr_tasks.audio.writing import fit_full_scale, output_subtype, peak_of, write_output
+from flashsr_tasks.enhance import memory_budget
 from flashsr_tasks.enhance.band_keeping import keep_input_band
-from flashsr_tasks.enhance.enhancers import Enhancer
+from flashsr_tasks.enhance.enhancers import Enhancer, fallback_reason, wants_model
+from flashsr_tasks.enhance.memory_need import Header, check_fits, need_bytes
 from flashsr_tasks.enhance.selection import judge
 from flashsr_tasks.files.disk_full import RECORD_REASON, is_disk_full
 from flashsr_tasks.files.hashing import sha256_of
@@ -71,6 +75,7 @@ def process_file(
         input_sha256 = sha256_of(source_path)
         if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}
+        _refuse_what_cannot_fit(source_path, job)
         src = read_source(source_path)
         reason, band_edge = judge(src.audio, src.rate, force=job.force)
         if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
@@ -121,6 +126,20 @@ def process_file(
     if stop is not None:
         result["stop_disk_full"] = stop  # the caller stops the run (flashsr_tasks.files.disk_full)
     return result
+
+
+def _refuse_what_cannot_fit(source_path: Path, job: Job) -> None:
+    """Raise `TooLarge` before decoding when the file's estimated need is above what one file may use here
+    (flashsr_tasks.enhance.memory_budget); the model's estimate when this process would use the model."""
+    budget = memory_budget.budget()
+    if budget is None:
+        return
+    shape = header_of(source_path)
+    if shape is None:
+        return  # read_source says why it cannot be read
+    header = Header(*shape)
+    model = wants_model(job.device, job.model_dir) and fallback_reason() is None
+    check_fits(header, need_bytes(header, model, model and config.keep_input_band()), budget)
 
 
 def _failure(exc: Exception, source: str, root: Path, output_path: Optional[Path]) -> tuple[str, Optional[str]]:

@@ -115,6 +115,7 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
     if not first:
         return  # everything was skipped: nothing to load, not even numpy
     # Imported only now, for the same reason.
+    from flashsr_tasks.enhance import memory_budget
     from flashsr_tasks.enhance.enhancers import load_enhancer, wants_model
 
     todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
@@ -123,6 +124,7 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
         from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes
 
+        memory_budget.share_among(1, config.files_in_flight())  # one process, its files in threads
         yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
         # the model could not load: the rest is resampling, which a pool does best
     first = []
@@ -130,7 +132,9 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
     if not first:
         return
     # Even one file runs in a pool process: whatever kills it (the OOM killer) takes that file alone.
-    pool = FilePool(min(processes, len(first)), root, job, config.max_attempts())
+    size = min(processes, len(first))
+    memory_budget.share_among(size + 1, size)  # the pool's processes and this one; one file each
+    pool = FilePool(size, root, job, config.max_attempts())
     try:
         yield from ([outcome] for outcome in pool.outcomes(itertools.chain(first, todos)))
     except BaseException:

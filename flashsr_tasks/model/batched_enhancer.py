@@ -14,7 +14,7 @@ import numpy as np
 
 from flashsr_tasks import config
 from flashsr_tasks.audio.resample import to_output_rate
-from flashsr_tasks.model.batcher import Batcher, BatcherStats, RunBatch
+from flashsr_tasks.model.batcher import Batcher, BatcherStats, RunBatch, TooBig
 from flashsr_tasks.model.windows import DEFAULT_OVERLAP, WINDOW, apply_windowed_async
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class BatchedEnhancer:
     `run_batch`: float32 `[rows, WINDOW]` → same shape, called in the batcher's thread only.
     `prepare_rows`: per-window CPU work before the model (the input low-pass), in the caller's thread.
     `finish_batch`: with an asynchronous device, `run_batch` launches and this waits (see `Batcher`).
+    `too_big`: how a batch the device has no memory for is recognised; it then runs again in halves (`Batcher`).
     `max_wait_s=0` and `ahead=0` give the old one-file-at-a-time behaviour (for comparisons).
     """
 
@@ -37,8 +38,10 @@ class BatchedEnhancer:
                  device: str, prepare_rows: Optional[PrepareRows] = None, max_wait_s: Optional[float] = None,
                  ahead: int = 1, overlap: int = DEFAULT_OVERLAP,
                  thread_context: Optional[Callable[[], ContextManager]] = None,
-                 finish_batch: Optional[Callable[[Any], np.ndarray]] = None) -> None:
+                 finish_batch: Optional[Callable[[Any], np.ndarray]] = None,
+                 too_big: Optional[TooBig] = None) -> None:
         self._run_batch = run_batch
+        self._too_big = too_big
         self._finish_batch = finish_batch
         self._prepare_rows = prepare_rows
         self._thread_context = thread_context
@@ -58,7 +61,7 @@ class BatchedEnhancer:
             if self._batcher is None or self._batcher.closed:
                 self._batcher = Batcher(self._run_batch, self.batch_size, self.max_wait_s,
                                         max_queued_rows=4 * self.batch_size, thread_context=self._thread_context,
-                                        finish_batch=self._finish_batch)
+                                        finish_batch=self._finish_batch, too_big=self._too_big)
             return self._batcher
 
     @property

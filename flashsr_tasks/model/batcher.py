@@ -2,7 +2,8 @@
 
 Callers `submit` a block of rows and get a `Future`; the thread only collates, calls the model (whatever function it
 is given; numpy only) and copies rows back, so each file's CPU work stays in its caller's thread.
-docs/gpu-worker.md, "The batcher", gives its rules: when a batch starts, failures, the bound, `finish_batch`.
+docs/gpu-worker.md, "The batcher", gives its rules: when a batch starts, failures, the bound, `finish_batch`, and
+`TooBig`: a batch the device has no memory for runs again in halves, down to one row.
 """
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ FinishBatch = Callable[[Any], np.ndarray]
 
 class BatcherClosed(RuntimeError):
     """The batcher was closed before this block's rows were done."""
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class TooBig:
+    """What says a batch is too large for the device (`errors`: CUDA's out-of-memory), what to do before a smaller
+    batch runs (`free`: empty the allocator's cache), and the error that fails the blocks of a single row that does
+    not fit alone (`alone`, given the device's message). The batcher itself knows no device."""
+
+    errors: tuple[type[BaseException], ...]
+    free: Callable[[], None] = _nothing
+    alone: Callable[[str], BaseException] = RuntimeError
 
 
 @dataclass
@@ -56,6 +72,7 @@ class BatcherStats:
     batches: int = 0
     rows: int = 0
     busy_s: float = 0.0              # wall time inside the model call
+    halvings: int = 0                # batches run again in halves (out of device memory)
     started_at: float = field(default_factory=time.perf_counter)
 
     @property
@@ -69,13 +86,15 @@ class Batcher:
     def __init__(self, run_batch: RunBatch, max_rows: int, max_wait_s: float = 0.02,
                  max_queued_rows: Optional[int] = None,
                  thread_context: Optional[Callable[[], ContextManager]] = None,
-                 name: str = "flashsr-batcher", finish_batch: Optional[FinishBatch] = None) -> None:
+                 name: str = "flashsr-batcher", finish_batch: Optional[FinishBatch] = None,
+                 too_big: Optional[TooBig] = None) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be 0 or more, got {max_wait_s}")
         self._run_batch = run_batch
         self._finish_batch = finish_batch
+        self._too_big = too_big
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self.max_queued_rows = max_queued_rows or 4 * max_rows
@@ -177,38 +196,51 @@ class Batcher:
                 if in_flight is not None:
                     self._complete(in_flight)
                 return
-            launched = self._launch(parts) if parts else None
+            launched, too_big = self._launch(parts) if parts else (None, None)
             if in_flight is not None:
                 self._complete(in_flight)  # after the next batch is on its way
+            if too_big is not None:  # once the previous batch has finished and let go of its memory
+                self._run_in_halves(*too_big)
             in_flight = launched
             if in_flight is not None and self._finish_batch is None:
                 self._complete(in_flight)
                 in_flight = None
 
-    def _launch(self, parts: list[tuple[_Block, int, int]]) -> Optional[_Launched]:
+    def _launch(self, parts: list[tuple[_Block, int, int]]) -> tuple[Optional[_Launched], Optional[_TooBigBatch]]:
+        """The batch launched, or (None, the batch and the device's message) when it is too big for the device."""
         # a block that failed in an earlier slice, or whose caller gave up on it, is not run
-        live = [(b, s, e) for b, s, e in parts if not b.failed and not b.future.cancelled()]
+        live = _live(parts)
         if not live:
-            return None
+            return None, None
         try:
-            first, start, end = live[0]
-            x = np.concatenate([b.rows[s:e] for b, s, e in live]) if len(live) > 1 else first.rows[start:end]
+            x = _collate(live)
             started = time.perf_counter()
-            return _Launched(live, x.shape[0], self._run_batch(x), started)
+            return _Launched(live, x.shape[0], self._run_batch(x), started), None
         except BaseException as exc:  # every caller in this batch hears of it; the thread lives on
+            if self._is_too_big(exc):
+                return None, (live, str(exc))  # the exception (and the tensors its frames hold) is let go here
             self._fail_batch(live, exc)
-            return None
+            return None, None
 
     def _complete(self, launched: _Launched) -> None:
-        live = launched.live
+        message: Optional[str] = None
         try:
             y = np.asarray(self._finish_batch(launched.handle) if self._finish_batch else launched.handle)
-            busy = time.perf_counter() - launched.started
-            self.stats.busy_s += busy
-            if y.shape[0] != launched.rows:
-                raise RuntimeError(f"the model returned {y.shape[0]} rows for a batch of {launched.rows}")
         except BaseException as exc:
-            self._fail_batch(live, exc)
+            if not self._is_too_big(exc):
+                self._fail_batch(launched.live, exc)
+                return
+            message = str(exc)
+        if message is not None:
+            self._run_in_halves(launched.live, message)
+            return
+        self._deliver(launched.live, y, time.perf_counter() - launched.started)
+
+    def _deliver(self, live: list[tuple[_Block, int, int]], y: np.ndarray, busy: float) -> None:
+        rows = sum(e - s for _, s, e in live)
+        self.stats.busy_s += busy
+        if y.shape[0] != rows:
+            self._fail_batch(live, RuntimeError(f"the model returned {y.shape[0]} rows for a batch of {rows}"))
             return
         self.stats.batches += 1
         self.stats.rows += y.shape[0]
@@ -225,11 +257,76 @@ class Batcher:
             if block.done == block.rows.shape[0]:
                 _resolve(block)
 
+    # ------------------------------------------------------------------ out of device memory
+
+    def _is_too_big(self, exc: BaseException) -> bool:
+        return self._too_big is not None and isinstance(exc, self._too_big.errors)
+
+    def _run_in_halves(self, live: list[tuple[_Block, int, int]], message: str) -> None:
+        """A batch the device had no memory for: free the cache, run each half (synchronously, launch and finish),
+        halving again as needed; a single row that does not fit fails its block (`TooBig.alone`)."""
+        assert self._too_big is not None
+        self._too_big.free()
+        rows = sum(e - s for _, s, e in live)
+        if rows == 1:
+            log.warning("one row alone does not fit on the device (%s): its file fails", message.splitlines()[0][:200])
+            self._fail_batch(live, self._too_big.alone(message))
+            return
+        self.stats.halvings += 1
+        log.warning("a batch of %d rows ran out of device memory; it runs again as %d and %d rows (lower "
+                    "FLASHSR_BATCH_SIZE if this recurs)", rows, (rows + 1) // 2, rows // 2)
+        for half in _halves(live, (rows + 1) // 2):
+            half = _live(half)
+            if not half:
+                continue
+            message = ""
+            try:
+                x = _collate(half)
+                started = time.perf_counter()
+                handle = self._run_batch(x)
+                y = np.asarray(self._finish_batch(handle) if self._finish_batch else handle)
+            except BaseException as exc:
+                if not self._is_too_big(exc):
+                    self._fail_batch(half, exc)
+                    continue
+                message = str(exc)
+            if message:
+                self._run_in_halves(half, message)
+            else:
+                self._deliver(half, y, time.perf_counter() - started)
+
     @staticmethod
     def _fail_batch(live: list[tuple[_Block, int, int]], exc: BaseException) -> None:
         log.debug("batch of %d rows failed", sum(e - s for _, s, e in live), exc_info=True)
         for block, _, _ in live:
             _fail(block, exc)
+
+
+_TooBigBatch = tuple[list[tuple[_Block, int, int]], str]
+
+
+def _live(parts: list[tuple[_Block, int, int]]) -> list[tuple[_Block, int, int]]:
+    return [(b, s, e) for b, s, e in parts if not b.failed and not b.future.cancelled()]
+
+
+def _collate(live: list[tuple[_Block, int, int]]) -> np.ndarray:
+    first, start, end = live[0]
+    return np.concatenate([b.rows[s:e] for b, s, e in live]) if len(live) > 1 else first.rows[start:end]
+
+
+def _halves(live: list[tuple[_Block, int, int]], first_rows: int) -> tuple[list[tuple[_Block, int, int]], ...]:
+    """`live` cut after `first_rows` rows (a block's slice may be cut in two)."""
+    first: list[tuple[_Block, int, int]] = []
+    second: list[tuple[_Block, int, int]] = []
+    room = first_rows
+    for block, s, e in live:
+        take = min(room, e - s)
+        if take:
+            first.append((block, s, s + take))
+        if s + take < e:
+            second.append((block, s + take, e))
+        room -= take
+    return first, second
 
 
 def _report_batch(rows: int, seconds: float) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flashsr_tasks import config
-from flashsr_tasks.model import observers
+from flashsr_tasks.model import gpu_memory, observers
 from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.model.devices import resolve_device
 from flashsr_tasks.model.fast_path import drop_unused_hifigan, fold_weight_norm, padded_rows, set_cuda_math
@@ -92,7 +92,8 @@ class FlashSREnhancer(BatchedEnhancer):
                  overlap: int = DEFAULT_OVERLAP, max_wait_s: Optional[float] = None) -> None:
         super().__init__(self.launch_rows, batch_size=batch_size, model=label, device=str(device),
                          prepare_rows=lowpass_rows if lowpass else None, max_wait_s=max_wait_s,
-                         overlap=overlap, thread_context=torch.inference_mode, finish_batch=self.finish_rows)
+                         overlap=overlap, thread_context=torch.inference_mode, finish_batch=self.finish_rows,
+                         too_big=gpu_memory.too_big_for(device))
         self._model = model
         self._device = device
         self.lowpass_input = lowpass
@@ -191,14 +192,15 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
     # before a device warning that would not matter.
     weights = locate_weights(model_dir)
     torch_device = resolve_device(device)
-    batch_size = batch_size or _setting(lambda: config.model_batch_size(torch_device.type == "cuda"))
+    on_cuda = torch_device.type == "cuda"
+    # on CUDA an unset FLASHSR_BATCH_SIZE follows the free memory once the model is on the GPU (below)
+    batch_size = batch_size or _setting(config.explicit_batch_size if on_cuda else lambda: config.model_batch_size(False))
     lowpass_input = _setting(config.lowpass_input) if lowpass_input is None else lowpass_input
     autocast = _setting(config.autocast_name) if autocast_dtype is None else autocast_dtype.strip().lower()
     if autocast not in AUTOCAST_DTYPES:
         raise ModelUnavailable(f"autocast must be off, bf16 or fp16, got {autocast!r}")
     if autocast != "off" and torch_device.type != "cuda":
         log.warning("FLASHSR_AUTOCAST=%s applies to CUDA only; the CPU runs in float32", autocast)
-    on_cuda = torch_device.type == "cuda"
     vocoder_dtype = _setting(config.vocoder_dtype_name) if vocoder_dtype is None else vocoder_dtype
     if vocoder_dtype not in VOCODER_DTYPES:
         raise ModelUnavailable(f"the vocoder's dtype must be float32 or bf16, got {vocoder_dtype!r}")
@@ -223,6 +225,11 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
             f"({type(exc).__name__}: {first_line}): check the three files or fetch them again with "
             "flashsr-download") from None
 
+    if batch_size is None:  # CUDA, FLASHSR_BATCH_SIZE unset
+        free = gpu_memory.free_bytes(torch_device)
+        batch_size = gpu_memory.batch_size_for(free)
+        log.info("batch size %d from the GPU's %.1f GiB free with the model loaded (FLASHSR_BATCH_SIZE sets it)",
+                 batch_size, free / (1 << 30))
     if on_cuda:
         set_cuda_math(tf32=tf32, autotune=fixed_shapes)
         torch.set_num_threads(_setting(config.torch_threads_with_gpu))

@@ -151,3 +151,14 @@ def _say_ready(sender: Any = None, **_: Any) -> None:
     stream = sys.__stderr__ or sys.stderr
     stream.write(f"flashsr: worker ready: taking tasks from queue {queues}{serving}\n")
     stream.flush()
+
+
+@signals.worker_init.connect
+def _share_memory_limit(sender: Any = None, **_: Any) -> None:
+    """The worker's memory limit is shared by its files in flight (flashsr_tasks.enhance.memory_budget):
+    a prefork pool's N processes hold one file each, a threads pool's one process holds N. Set before the
+    pool forks, so its processes inherit it."""
+    from flashsr_tasks.enhance import memory_budget
+
+    concurrency = int(getattr(sender, "concurrency", None) or 1)
+    memory_budget.share_among(concurrency if _forks(getattr(sender, "pool_cls", None)) else 1, concurrency)

@@ -1,0 +1,78 @@
+"""How much memory one file needs, from its header, and the one sentence that refuses a file that cannot fit.
+
+The per-file path today holds the whole decoded input and the whole 48 kHz output (float32). Measured peaks over
+the process's floor (`benchmarks/memory_need.py`, docs/workers.md, "Memory"):
+
+- resample: input + output, exactly (10 min of 8 kHz mono: 128 MiB; 40 min: 513 MiB; 10 min of 16 kHz stereo:
+  293 MiB); a FLOAT output is written through one more output-sized copy (220 MiB for 10 min of 8 kHz);
+- the model: input + about 2.45 × output (the 48 kHz input, the blended output and its weights; 288 MiB for 10 min
+  of 8 kHz mono), + about 2 × output more with FLASHSR_KEEP_INPUT_BAND (490 MiB). The model's weights and its
+  batch's activations are the process's, not the file's: they are in the floor (memory_budget).
+
+The estimate is that arithmetic with a margin: 1.15 × the arrays + 32 MiB. When the per-file path streams (bounded
+memory for any length), these figures must follow it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flashsr_tasks.audio.errors import AudioError
+from flashsr_tasks.audio.resample import output_frames
+from flashsr_tasks.enhance.memory_budget import Budget
+
+FLOAT32 = 4
+MARGIN = 1.15
+OVERHEAD = 32 << 20  # a few blocks, the windows in flight, soxr's state
+MODEL_OUTPUT_COPIES = 2.5
+KEEP_BAND_OUTPUT_COPIES = 2.0
+
+
+class TooLarge(AudioError):
+    """A file whose estimated need is above what one file may use on this worker."""
+
+
+@dataclass(frozen=True)
+class Header:
+    frames: int
+    rate: int
+    channels: int
+    subtype: str = "PCM_16"
+
+
+def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> int:
+    """The estimated peak memory of enhancing this file, above the process's floor."""
+    input_bytes = header.frames * header.channels * FLOAT32
+    output_bytes = output_frames(header.frames, header.rate) * header.channels * FLOAT32
+    if model:
+        copies = MODEL_OUTPUT_COPIES + (KEEP_BAND_OUTPUT_COPIES if keep_input_band else 0.0)
+    else:
+        copies = 2.0 if header.subtype == "FLOAT" else 1.0  # libsndfile's float write takes one more copy
+    return int(MARGIN * (input_bytes + copies * output_bytes)) + OVERHEAD
+
+
+def check_fits(header: Header, need: int, budget: Budget) -> None:
+    """Raise `TooLarge` (one sentence, without the file's name) when `need` is above the budget."""
+    if need <= budget.per_file:
+        return
+    where = budget.limit.source
+    if budget.files > 1 or budget.processes > 1:
+        where += f" {_size(budget.limit.bytes)} shared by {_count(budget.files, 'file')} in flight"
+    raise TooLarge(f"needs about {_size(need)} of memory to process ({_duration(header)}) but the worker has "
+                   f"{_size(budget.per_file)} for it ({where}); give the worker more memory or split the file")
+
+
+def _duration(header: Header) -> str:
+    minutes = header.frames / header.rate / 60 if header.rate else 0.0
+    length = f"{minutes:.0f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+    channels = {1: "mono", 2: "stereo"}.get(header.channels, f"{header.channels} channels")
+    return f"{length} of {header.rate / 1000:g} kHz {channels}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB"
+    return f"{max(1, round(n / (1 << 20)))} MiB"

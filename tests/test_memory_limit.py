@@ -1,0 +1,261 @@
+"""Refusing what cannot fit: the memory limit (FLASHSR_MEMORY_LIMIT, cgroup v1 and v2), the estimate against a
+real measured peak, the one-sentence refusal, and a real run inside a real cgroup v1 memory group."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from flashsr_tasks import config
+from flashsr_tasks.enhance import memory_budget
+from flashsr_tasks.enhance.enhancers import Resampler
+from flashsr_tasks.enhance.memory_need import Header, need_bytes
+from flashsr_tasks.enhance.per_file import process_file
+from flashsr_tasks.runs.job import Job
+
+REPO = Path(__file__).resolve().parents[1]
+V1_UNLIMITED = "9223372036854771712"
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _one_process(monkeypatch):
+    """Each test starts from the defaults (one process, one file, the floor not yet measured)."""
+    monkeypatch.setattr(memory_budget, "_processes", 1)
+    monkeypatch.setattr(memory_budget, "_files", 1)
+    monkeypatch.setattr(memory_budget, "_floor", None)
+    monkeypatch.delenv("FLASHSR_MEMORY_LIMIT", raising=False)
+
+
+# ------------------------------------------------------------------ the setting
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2G", 2 << 30), ("500M", 500 * MIB), ("1.5GiB", 3 << 29), ("123456", 123456), ("64 mb", 64 * MIB),
+    ("off", 0), ("0", 0), ("OFF", 0), ("auto", None), ("", None),
+])
+def test_the_setting_reads_sizes_and_off(monkeypatch, value, expected):
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", value)
+    assert config.memory_limit() == expected
+
+
+@pytest.mark.parametrize("value", ["12x", "-1", "G", "lots"])
+def test_a_bad_setting_names_the_variable(monkeypatch, value):
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", value)
+    with pytest.raises(ValueError, match="FLASHSR_MEMORY_LIMIT"):
+        config.memory_limit()
+
+
+# ------------------------------------------------------------------ cgroup layouts, as the kernel writes them
+
+V2_MOUNTINFO = "29 23 0:26 / {point} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+V1_MOUNTINFO = ("31 23 0:28 / {tmpfs} rw,relatime - tmpfs tmpfs rw,mode=755\n"
+                "35 31 0:32 {root} {point} rw,relatime - cgroup cgroup rw,memory\n"
+                "41 31 0:38 / {unified} rw,relatime - cgroup2 cgroup2 rw\n")
+
+
+def _write(folder: Path, **files: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name.replace("_", ".", 1)).write_text(text + "\n")
+
+
+def test_cgroup_v2_memory_max(tmp_path):
+    _write(tmp_path / "system.slice" / "worker.service", memory_max="524288000")
+    _write(tmp_path / "system.slice", memory_max="max")
+    assert memory_budget.cgroup_limit("0::/system.slice/worker.service\n",
+                                      V2_MOUNTINFO.format(point=tmp_path)) == 500 * MIB
+
+
+def test_cgroup_v2_max_is_no_limit(tmp_path):
+    _write(tmp_path / "worker", memory_max="max")
+    assert memory_budget.cgroup_limit("0::/worker\n", V2_MOUNTINFO.format(point=tmp_path)) is None
+
+
+def test_cgroup_v2_a_parents_limit_binds(tmp_path):
+    _write(tmp_path / "pod" / "worker", memory_max="max")
+    _write(tmp_path / "pod", memory_max=str(2 << 30))
+    assert memory_budget.cgroup_limit("0::/pod/worker\n", V2_MOUNTINFO.format(point=tmp_path)) == 2 << 30
+
+
+def test_cgroup_v2_inside_a_container_sees_its_own_group_at_the_mount(tmp_path):
+    # cgroup namespace off: /proc/self/cgroup names a host path the container cannot see
+    _write(tmp_path, memory_max="1073741824")
+    assert memory_budget.cgroup_limit("0::/kubepods/burstable/pod1/abc\n",
+                                      V2_MOUNTINFO.format(point=tmp_path)) == 1 << 30
+
+
+def _v1(tmp_path: Path, root: str = "/") -> tuple[Path, str]:
+    point = tmp_path / "memory"
+    mountinfo = V1_MOUNTINFO.format(tmpfs=tmp_path, root=root, point=point, unified=tmp_path / "unified")
+    _write(tmp_path / "unified", cgroup_controllers="")
+    return point, mountinfo
+
+
+def test_cgroup_v1_limit_in_bytes(tmp_path):
+    point, mountinfo = _v1(tmp_path)
+    _write(point, memory_limit_in_bytes=V1_UNLIMITED)
+    _write(point / "docker" / "abc", memory_limit_in_bytes="419430400")
+    proc = "9:name=systemd:/docker/abc\n4:memory:/docker/abc\n1:cpu,cpuacct:/docker/abc\n0::/docker/abc\n"
+    assert memory_budget.cgroup_limit(proc, mountinfo) == 400 * MIB
+
+
+def test_cgroup_v1_unlimited_value_is_no_limit(tmp_path):
+    point, mountinfo = _v1(tmp_path)
+    _write(point, memory_limit_in_bytes=V1_UNLIMITED)
+    _write(point / "job", memory_limit_in_bytes=V1_UNLIMITED)
+    assert memory_budget.cgroup_limit("4:memory:/job\n0::/\n", mountinfo) is None
+
+
+def test_cgroup_v1_mount_of_a_subtree(tmp_path):
+    # the hierarchy's /docker/abc is mounted at the mount point (mountinfo's root field)
+    point, mountinfo = _v1(tmp_path, root="/docker/abc")
+    _write(point, memory_limit_in_bytes=str(3 << 30))
+    _write(point / "inner", memory_limit_in_bytes=str(1 << 30))
+    assert memory_budget.cgroup_limit("4:memory:/docker/abc/inner\n", mountinfo) == 1 << 30
+
+
+def test_no_memory_cgroup_no_limit():
+    assert memory_budget.cgroup_limit("", "") is None
+    assert memory_budget.cgroup_limit("0::/\n", "") is None
+
+
+def test_the_setting_overrides_the_cgroup_and_off_disables(monkeypatch):
+    monkeypatch.setattr(memory_budget, "cgroup_limit", lambda: 400 * MIB)
+    assert memory_budget.current_limit() == memory_budget.Limit(400 * MIB, "cgroup memory limit")
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "8G")
+    assert memory_budget.current_limit() == memory_budget.Limit(8 << 30, "FLASHSR_MEMORY_LIMIT")
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "off")
+    assert memory_budget.current_limit() is None
+    assert memory_budget.budget() is None
+
+
+def test_the_budget_is_shared_by_processes_and_files(monkeypatch):
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "4G")
+    monkeypatch.setattr(memory_budget, "_floor", 100 * MIB)
+    memory_budget.share_among(4, 4)  # a prefork pool of 4
+    assert memory_budget.budget().per_file == ((4 << 30) - 400 * MIB) // 4
+    memory_budget.share_among(1, 8)  # a threads pool: one process, 8 files
+    assert memory_budget.budget().per_file == ((4 << 30) - 100 * MIB) // 8
+
+
+# ------------------------------------------------------------------ the estimate against real peaks
+
+
+@pytest.mark.parametrize("minutes, rate, channels, subtype, method", [
+    (10, 8000, 1, "PCM_16", "resample"), (20, 22050, 1, "PCM_24", "resample"), (10, 8000, 1, "PCM_16", "model"),
+])
+def test_the_estimate_covers_the_measured_peak(minutes, rate, channels, subtype, method):
+    done = subprocess.run([sys.executable, "benchmarks/memory_need.py", "--one", str(minutes), str(rate), str(channels),
+                           subtype, method, "--json"], cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["status"] == "ok"
+    assert row["peak_bytes"] <= row["estimate_bytes"] <= 2 * row["peak_bytes"], row
+
+
+def test_the_estimate_grows_with_length_rate_and_channels():
+    base = need_bytes(Header(8000 * 600, 8000, 1), model=False)
+    assert need_bytes(Header(8000 * 1200, 8000, 1), model=False) > base
+    assert need_bytes(Header(8000 * 600, 8000, 2), model=False) > base
+    assert need_bytes(Header(8000 * 600, 8000, 1), model=True) > base
+    # 120 minutes of 8 kHz mono, the issue's case (1577 MiB peak RSS, with the floor): about 1.8 GiB
+    assert 1500 * MIB < need_bytes(Header(8000 * 7200, 8000, 1), model=False) < 2 << 30
+
+
+# ------------------------------------------------------------------ the refusal, in process
+
+
+def _tone(path: Path, seconds: float, rate: int = 8000, channels: int = 1) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    x = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    sf.write(str(path), np.repeat(x[:, None], channels, axis=1), rate, subtype="PCM_16")
+
+
+def test_a_file_that_cannot_fit_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    _tone(tmp_path / "long.wav", 20 * 60)
+    _tone(tmp_path / "short.wav", 2)
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", str(memory_budget.resident_bytes() + 200 * MIB))
+    job = Job(root=str(tmp_path), device="cpu")
+    refused = process_file(tmp_path, "long.wav", job, Resampler)
+    record = refused["record"]
+    assert record["status"] == "failed"
+    assert record["error"].startswith("long.wav needs about 3")
+    assert "(20 min of 8 kHz mono) but the worker has" in record["error"]
+    assert record["error"].endswith("(FLASHSR_MEMORY_LIMIT); give the worker more memory or split the file.")
+    assert record["error"].count(". ") == 0 and "\n" not in record["error"]
+    assert record["input_sample_rate"] == 8000 and record["channels"] == 1 and record["input_sha256"]
+    assert not (tmp_path / "long_flashsr.wav").exists()
+    assert process_file(tmp_path, "short.wav", job, Resampler)["record"]["status"] == "ok"
+    monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "off")
+    assert process_file(tmp_path, "long.wav", job, Resampler)["record"]["status"] == "ok"
+
+
+# ------------------------------------------------------------------ a real cgroup v1 memory group
+
+CGROUP_V1 = Path("/sys/fs/cgroup/memory")
+
+
+def _cgroup_v1_or_skip() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("creating a memory cgroup needs root")
+    if not (CGROUP_V1 / "memory.limit_in_bytes").exists():
+        pytest.skip("no cgroup v1 memory controller mounted at /sys/fs/cgroup/memory")
+    group = CGROUP_V1 / f"flashsr-test-{secrets.token_hex(4)}"
+    try:
+        group.mkdir()
+    except OSError as exc:
+        pytest.skip(f"cannot create a memory cgroup under {CGROUP_V1}: {exc.strerror}")
+    return group
+
+
+def _remove_group(group: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            group.rmdir()
+            return
+        except OSError:  # its last process is still exiting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_a_run_inside_a_memory_cgroup_refuses_the_long_file_and_is_not_killed(tmp_path):
+    group = _cgroup_v1_or_skip()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(400 * MIB))
+        root = tmp_path / "calls"
+        root.mkdir()
+        with sf.SoundFile(str(root / "long.wav"), "w", 8000, 1, "PCM_16") as out:  # 75 min: ~1.2 GiB to resample
+            rng = np.random.default_rng(1)
+            for _ in range(75):
+                out.write((0.1 * rng.standard_normal(8000 * 60)).astype(np.float32))
+        for i in range(3):
+            _tone(root / f"short_{i}.wav", 3 + i)
+        env = {k: v for k, v in os.environ.items() if k != "FLASHSR_MEMORY_LIMIT" and not k.startswith("FLASHSR_BROKER")}
+        env["PYTHONPATH"] = str(REPO)
+        command = (f'echo $$ > {group}/cgroup.procs && exec "{sys.executable}" -m orchestrator_hooks.flashsr_extension '
+                   f'--input "{root}" --device cpu --processes 1 --json')
+        done = subprocess.run(["sh", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        oom = (group / "memory.oom_control").read_text()
+    finally:
+        _remove_group(group)
+    assert done.returncode == 1, (done.returncode, done.stderr[-3000:])  # a failed file, not a kill (137 / -9)
+    assert "oom_kill 1" not in oom
+    records = {r["source"]: r for r in json.loads((root / "manifest.json").read_text())["enhancements"]}
+    assert {s: r["status"] for s, r in records.items()} == {
+        "long.wav": "failed", "short_0.wav": "ok", "short_1.wav": "ok", "short_2.wav": "ok"}
+    error = records["long.wav"]["error"]
+    assert error.startswith("long.wav needs about 1.") and "(75 min of 8 kHz mono)" in error, error
+    assert "(cgroup memory limit); give the worker more memory or split the file." in error, error
+    assert not (root / "long_flashsr.wav").exists()
