@@ -54,9 +54,9 @@ def check_fits(header: Header, need: int, budget: Budget) -> None:
     """Raise `TooLarge` (one sentence, without the file's name) when `need` is above the budget."""
     if need <= budget.per_file:
         return
-    where = budget.limit.source
-    if budget.files > 1 or budget.processes > 1:
-        where += f" {_size(budget.limit.bytes)} shared by {_count(budget.files, 'file')} in flight"
+    where = f"{budget.limit.source} {_size(budget.limit.bytes)}"
+    if budget.files > 1:
+        where += f" shared by {_count(budget.files, 'file')} in flight"
     raise TooLarge(f"needs about {_size(need)} of memory to process ({_duration(header)}) but the worker has "
                    f"{_size(budget.per_file)} for it ({where}); give the worker more memory or split the file")
 
