@@ -195,6 +195,30 @@ def redis_outage(aof: bool, outage_s: float, while_sending: bool) -> Callable[[S
     return fault
 
 
+def ack_cutting_outage(outage_s: float, at: float) -> Callable[[Stage], Result]:
+    """Redis (AOF) killed the moment a share `at` of the files is done, while files finish many
+    times a second: the workers hold prefetched messages and are acknowledging finished ones.
+    Default visibility timeout (30 min), which a message left in `unacked` would cost."""
+    def fault(stage: Stage) -> Result:
+        stage.start(aof=True)
+        stage.write_calls()
+        started = time.monotonic()
+        run = stage.command()
+        wait_for(lambda: outputs(stage) >= int(stage.files * at), 120)
+        stage.fault()
+        stage.redis.kill()
+        done = outputs(stage)
+        time.sleep(outage_s)
+        stage.redis.restart()
+        result = finish(stage, "", run, started)
+        put_back = sum(int(line.split("Redis is back: ", 1)[1].split()[0])
+                       for worker in stage.workers for line in worker.log_text().splitlines()
+                       if "MainProcess] Redis is back: " in line)
+        result.note = f"{outage_s:g} s without Redis from {done}/{stage.files} done; {put_back} messages put back"
+        return result
+    return fault
+
+
 def lost_message(stage: Stage) -> Result:
     stage.start(workers=0)
     stage.write_calls()
@@ -446,6 +470,8 @@ FAULTS: dict[str, tuple[str, Callable[[Stage], Result]]] = {
     "aof-5s": ("Redis (AOF) killed while waiting, 5 s outage", redis_outage(True, 5, False)),
     "aof-30s": ("Redis (AOF) killed while waiting, 30 s outage", redis_outage(True, 30, False)),
     "aof-60s": ("Redis (AOF) killed while waiting, 60 s outage", redis_outage(True, 60, False)),
+    "aof-acks": ("Redis (AOF) killed while acks are in flight (a third done), 25 s outage",
+                 ack_cutting_outage(25, 1 / 3)),
     "empty": ("Redis without persistence restarted empty mid-run", redis_outage(False, 1, False)),
     "lost-message": ("a message popped the instant Redis died", lost_message),
     "silent-port": ("a port that accepts TCP but never answers", silent_port),

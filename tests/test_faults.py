@@ -112,6 +112,47 @@ def test_redis_without_persistence_restarted_empty_has_the_lost_files_sent_again
     assert "sending them again" in stderr, stderr
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("moment", [0.1, 0.4, 0.85], ids=["early", "mid-acks", "late"])
+def test_an_outage_that_cuts_acknowledgements_does_not_wait_for_the_visibility_timeout(
+        tmp_path, logdir, started, moment):
+    """Redis (AOF) killed while files finish many times a second: the workers hold prefetched
+    messages and acknowledge finished ones when it dies, and can put back or acknowledge none of
+    them. With the default visibility timeout (30 min) those messages would sit in `unacked` and the
+    run would wait for them; the workers settle them once Redis is back instead (kombu_fixes)."""
+    server = start_redis(tmp_path / "redis", aof=True)
+    started.append(server)
+    workers = [start_worker("cpu", server.url, logdir, concurrency=2) for _ in range(2)]
+    started.extend(workers)
+    root = tmp_path / "stage"
+    names = calls(root, 300, seconds=1.0)
+    errors = tmp_path / "stderr"
+    run = cli(root, server.url, stderr=errors)
+    wait_for(lambda: len(list(root.glob("*_flashsr.wav"))) >= int(300 * moment), 120, "files to finish")
+    server.kill()  # AOF: what Redis had answered survives; SIGKILL leaves it in the page cache
+    done_at_kill = len(list(root.glob("*_flashsr.wav")))
+    assert done_at_kill < 300, "the run ended before the outage: no acknowledgement was cut"
+    outage_s = 5
+    time.sleep(outage_s)
+    server.restart()
+    back = time.monotonic()
+    try:
+        run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        unacked = server.client().hlen("unacked")
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=30)
+        pytest.fail(f"still running 120 s after Redis came back ({unacked} messages in unacked, "
+                    f"{len(list(root.glob('*_flashsr.wav')))} of 300 outputs)")
+    after_back = time.monotonic() - back
+    stderr = errors.read_text()
+    assert run.returncode == 0, stderr
+    one_ok_record_each(root, names)
+    assert "Traceback" not in stderr, stderr
+    assert after_back < 120, after_back
+    print(f"moment {moment}: {done_at_kill} of 300 done at the kill; exit {after_back:.1f} s after Redis came back")
+
+
 def test_a_message_lost_from_the_queue_is_sent_again(tmp_path, logdir, started):
     server = start_redis(tmp_path / "redis")
     started.append(server)
@@ -178,7 +219,7 @@ def test_ctrl_c_stops_the_files_not_started_and_nothing_is_done_twice(tmp_path, 
     worker = start_worker("cpu", server.url, logdir)
     started.append(worker)
     root = tmp_path / "stage"
-    names = calls(root, 30, seconds=0.3)
+    calls(root, 30, seconds=0.3)
     fifo = hanging_source(root, "call_010_long.wav")
     errors = tmp_path / "stderr"
     run = cli(root, server.url, stderr=errors)
@@ -216,7 +257,7 @@ def test_clean_exits_no_subscriptions_and_the_keys_left(tmp_path, logdir, starte
         return sum(int(c.get("sub", 0)) + int(c.get("psub", 0)) for c in client.client_list())
 
     root = tmp_path / "stage"
-    names = calls(root, 4)
+    calls(root, 4)
     fifo = hanging_source(root, "hang.wav")
     before = subscriptions()
     done: dict = {}
