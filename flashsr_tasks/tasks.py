@@ -35,11 +35,13 @@ def _enhance(task: Any, job: dict[str, Any], source: str, known_sha256: Optional
         raise Ignore()  # an interrupted run: do nothing, store nothing
     client = getattr(app.backend, "client", None)
     runs = attempts.started(client, task.request.id)
-    if runs > config.max_attempts():  # every run before this one killed its process: fail the file, never loop
-        outcome = killed_one(job, source, runs - 1, attempts.last_death(client, task.request.id), queue)
-    else:
-        outcome = enhance_one(job, source, known_sha256, enhancer_for, queue)
-    attempts.finished(client, task.request.id)
+    try:
+        if runs > config.max_attempts():  # every run before this one killed its process: fail the file, never loop
+            outcome = killed_one(job, source, runs - 1, attempts.last_death(client, task.request.id), queue)
+        else:
+            outcome = enhance_one(job, source, known_sha256, enhancer_for, queue)
+    finally:  # not reached when the process dies: that run stays counted
+        attempts.finished(client, task.request.id)
     if _cancelled(run_id):
         # Interrupted while this file was being done: nobody collects its chord, so keep its record here.
         journal_outcomes([outcome], str(Job.from_dict(job).manifest_root))

@@ -84,17 +84,19 @@ class CountingRequest(Request):
     died (the task is then redelivered at once, and its next run may fail the file)."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
-        from billiard.exceptions import WorkerLostError
+        from billiard.exceptions import TimeLimitExceeded, WorkerLostError
         from celery.worker import state
 
         from flashsr_tasks.enhance.killed import how_it_died
 
         exc = getattr(exc_info, "exception", None)
         exc = getattr(exc, "exc", exc)  # billiard wraps it (ExceptionWithTraceback)
-        if isinstance(exc, WorkerLostError) and not (state.should_stop or state.should_terminate):
+        client: Any = getattr(self.task.backend, "client", None)
+        if isinstance(exc, TimeLimitExceeded):  # killed by its hard time limit: failed and acknowledged, over
+            _quietly(client, self.id, lambda: client.delete(key_for(self.id)))
+        elif isinstance(exc, WorkerLostError) and not (state.should_stop or state.should_terminate):
             match = _EXITED.search(str(exc))
-            if match and match.group(1) != "15":  # SIGTERM: a hand-back, counted off by the pool process
+            if match and match.group(1) != "15":  # SIGTERM: a hand-back, counted off at the notice (worker.shutdown)
                 how = how_it_died(-int(match.group(1)) if match.group(1) else int(match.group(2)))
-                client: Any = getattr(self.task.backend, "client", None)
                 _quietly(client, self.id, lambda: client.hset(key_for(self.id), _HOW, how or ""))
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
