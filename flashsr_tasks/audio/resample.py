@@ -28,3 +28,42 @@ def to_output_rate(audio: np.ndarray, rate: int) -> np.ndarray:
     elif out.shape[0] < target:
         out = np.concatenate([out, np.zeros((target - out.shape[0], out.shape[1]), out.dtype)])
     return out
+
+
+class OutputRateStream:
+    """`to_output_rate` block by block, for a source of `frames` frames: the same samples to the bit.
+
+    soxr's stream drops its filter's delay itself (its output starts aligned with the input, as the one-shot
+    call's does), and its blocks concatenate to exactly the one-shot output whatever the block sizes; here the
+    output is cut at, or zero-padded to, `output_frames(frames, rate)` as `to_output_rate` does. At 48 kHz the
+    blocks pass through.
+    """
+
+    def __init__(self, rate: int, channels: int, frames: int) -> None:
+        self.target = output_frames(frames, rate)
+        self._channels = channels
+        self._emitted = 0
+        self._stream = None if rate == OUTPUT_RATE else soxr.ResampleStream(
+            rate, OUTPUT_RATE, channels, dtype="float32", quality="VHQ")
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """The output that float32 `[frames, channels]` `block` completes (often not all of it yet)."""
+        if self._stream is None:
+            return self._cut(np.ascontiguousarray(block, dtype=np.float32))
+        return self._cut(self._stream.resample_chunk(block))
+
+    def finish(self) -> np.ndarray:
+        """The rest of the output, once the last block has been given."""
+        tail = np.zeros((0, self._channels), np.float32)
+        if self._stream is not None:
+            tail = self._cut(self._stream.resample_chunk(tail, last=True))
+        missing = self.target - self._emitted
+        if missing > 0:
+            tail = np.concatenate([tail, np.zeros((missing, self._channels), np.float32)])
+            self._emitted += missing
+        return tail
+
+    def _cut(self, out: np.ndarray) -> np.ndarray:
+        out = out[:max(0, self.target - self._emitted)]
+        self._emitted += out.shape[0]
+        return out
