@@ -197,11 +197,11 @@ class _PoisonedStream:
         self._stream, self.target, self._blocks = stream, stream.target, 0
 
     def process(self, block):
-        out = self._stream.process(block)
         self._blocks += 1
-        if self._blocks == 2:
-            out[10] = np.inf
-        return out
+        for out in self._stream.process(block):
+            if self._blocks == 2:
+                out[10] = np.inf
+            yield out
 
     def finish(self):
         return self._stream.finish()

@@ -53,6 +53,7 @@ class SourceBlocks:
         self.announced: int = handle.frames
         self.frames: int = handle.frames
         self.counted = False  # whether `frames` comes from a whole pass rather than the header
+        self._read = False  # whether a pass has moved the handle (else it is at the start)
 
     @property
     def exact(self) -> bool:
@@ -63,22 +64,25 @@ class SourceBlocks:
         """One pass from the start: float32 `[≤ BLOCK_FRAMES, channels]` blocks. Raises `AudioError` for a block
         that cannot be decoded or holds a NaN or an infinity, and at the end for an empty or cut file; a whole
         pass sets `frames` to the count it decoded."""
+        if self._read:  # rewind for another pass (a fresh handle is at the start already)
+            try:
+                self._handle.seek(0)
+            except DECODE_ERRORS as exc:
+                raise decode_failure(exc) from None
+        self._read = True
         decoded = 0
-        try:
-            self._handle.seek(0)
-            while True:
-                try:
-                    block = self._handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
-                except DECODE_ERRORS as exc:
-                    raise decode_failure(exc) from None
-                if block.shape[0] == 0:
-                    break
-                if not math.isfinite(peak_of(block)):
-                    raise AudioError(NON_FINITE)
-                decoded += block.shape[0]
-                yield block
-        except sf.LibsndfileError as exc:  # seeking a damaged stream
-            raise decode_failure(exc) from None
+        # An exact-length file is read no further than its header says (soundfile would not either).
+        while not (self.exact and decoded == self.announced):
+            try:
+                block = self._handle.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            except DECODE_ERRORS as exc:
+                raise decode_failure(exc) from None
+            if block.shape[0] == 0:
+                break
+            if not math.isfinite(peak_of(block)):
+                raise AudioError(NON_FINITE)
+            decoded += block.shape[0]
+            yield block
         check_length(decoded, self.announced, self.format)
         self.frames, self.counted = decoded, True
 

@@ -78,12 +78,11 @@ def process_file(
         input_sha256 = sha256_of(source_path)
         if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}
-        shape = header_of(source_path)  # None: reading says why it cannot be read
-        streams = not _model_expected(job) and (shape is None or streams_in_blocks(shape[3]))
-        _refuse_what_cannot_fit(shape, job, streams)
         output_format = output_format_of(output_path)
-        if streams:  # the resampler's: block by block, in bounded memory (enhance.streaming)
-            with SourceBlocks(source_path) as blocks:
+        opened = _open_in_blocks(source_path, job)
+        if opened is not None:  # the resampler's: block by block, in bounded memory (enhance.streaming)
+            with opened as blocks:
+                _refuse_what_cannot_fit((blocks.announced, blocks.rate, blocks.channels, blocks.subtype), job)
                 reason, band_edge = judge_blocks(blocks, force=job.force)
                 if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
                     entry = new_entry(source, blocks.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
@@ -103,6 +102,7 @@ def process_file(
                     src = read_source(source_path)
                     written = _enhance_whole(src, enhancer, output_path, subtype)
         else:  # the model (its windows do not stream yet) or an MP3: the whole file in memory
+            _refuse_what_cannot_fit(header_of(source_path), job)  # None: read_source says why it cannot be read
             src = read_source(source_path)
             reason, band_edge = judge(src.audio, src.rate, force=job.force)
             if reason is None:
@@ -154,15 +154,27 @@ def _model_expected(job: Job) -> bool:
     return wants_model(job.device, job.model_dir) and fallback_reason() is None
 
 
-def _refuse_what_cannot_fit(shape: Optional[tuple[int, int, int, str]], job: Job, streams: bool) -> None:
-    """Raise `TooLarge` before decoding when the file's estimated need (from its header's `shape`) is above what
-    one file may use here (flashsr_tasks.enhance.memory_budget): the streamed path's when it streams, the model's
-    when this process would use the model."""
+def _open_in_blocks(source_path: Path, job: Job) -> Optional[SourceBlocks]:
+    """The source opened for the streamed path, or None for the whole-file path: the model, or an MP3
+    (audio.source_blocks). Raises `AudioError` for a source that cannot be opened."""
+    if _model_expected(job):
+        return None
+    blocks = SourceBlocks(source_path)
+    if streams_in_blocks(blocks.subtype):
+        return blocks
+    blocks.close()
+    return None
+
+
+def _refuse_what_cannot_fit(shape: Optional[tuple[int, int, int, str]], job: Job) -> None:
+    """Raise `TooLarge` before decoding when the file's estimated need (from its header's `shape`: frames, rate,
+    channels, subtype) is above what one file may use here (flashsr_tasks.enhance.memory_budget): the streamed
+    path's, the model's when this process would use the model, or an MP3's, decoded whole."""
     budget = memory_budget.budget()
     if budget is None or shape is None:
         return
     header = Header(*shape)
-    model = not streams and _model_expected(job)
+    model = _model_expected(job)
     check_fits(header, need_bytes(header, model, model and config.keep_input_band()), budget)
 
 

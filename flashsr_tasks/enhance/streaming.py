@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -34,13 +34,13 @@ from flashsr_tasks.files.atomic import atomic_path
 
 
 class BlockStream(Protocol):
-    """Source blocks in, output blocks out, with the output's length known from the start."""
+    """Source blocks in, output pieces out (fresh arrays), with the output's length known from the start."""
 
     target: int  # the output's frames
 
-    def process(self, block: np.ndarray) -> np.ndarray: ...
+    def process(self, block: np.ndarray) -> Iterator[np.ndarray]: ...
 
-    def finish(self) -> np.ndarray: ...
+    def finish(self) -> Iterator[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,10 @@ def _one_pass(source: SourceBlocks, stream: BlockStream, tmp: Path, container: s
     peak = 0.0
     try:
         for block in source.blocks():
-            peak, writer = _put(stream.process(block), peak, gain, writer)
-        peak, writer = _put(stream.finish(), peak, gain, writer)
+            for out in stream.process(block):
+                peak, writer = _put(out, peak, gain, writer)
+        for out in stream.finish():
+            peak, writer = _put(out, peak, gain, writer)
         if not math.isfinite(peak):
             raise AudioError(f"gave non-finite samples after {method}")
         if writer is None:
