@@ -123,3 +123,16 @@ def test_faults_benchmark_prints_its_table() -> None:
         assert row[1] == "0" and row[4] == "20" and row[5:10] == ["0", "0", "0", "0", "0"], row
     silent = by_fault["a port that accepts TCP but never answers"]
     assert silent[1] == "3" and float(silent[2]) < 20 and silent[9] == "0", silent
+
+
+def test_long_files_benchmark_memory_does_not_grow_with_length() -> None:
+    """benchmarks/long_files.py --quick: 8 kHz calls of 0.5 to 30 minutes and a 6-minute 44.1 kHz stereo file."""
+    run = subprocess.run([sys.executable, "benchmarks/long_files.py", "--quick"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    ratio = float(re.search(r"peak ratio 30 min / 0.5 min: (\d+\.\d\d)x", out).group(1))
+    assert ratio <= 1.25, out  # the whole-file path: about 7x
+    peaks = [float(p) for p in re.findall(r"\| (\d+) MiB \|", out)]
+    assert len(peaks) == 5 and max(peaks) < 300, out
+    assert abs(float(re.search(r"growth per minute of 8 kHz mono input: ([+-]\d+\.\d+) MiB/min", out).group(1))) < 1

@@ -190,16 +190,40 @@ def test_paths_that_leave_the_root_are_refused(tmp_path, source):
     assert record["status"] == "failed" and "relative path inside the processed root" in record["error"]
 
 
-def test_a_failed_write_leaves_no_partial_output(tmp_path):
-    write(tmp_path / "a.wav", speech_like(8000, 1.0), 8000)
+class _PoisonedStream:
+    """The resampler's stream with an infinity in a block after others have been written."""
+
+    def __init__(self, stream):
+        self._stream, self.target, self._blocks = stream, stream.target, 0
+
+    def process(self, block):
+        self._blocks += 1
+        for out in self._stream.process(block):
+            if self._blocks == 2:
+                out[10] = np.inf
+            yield out
+
+    def finish(self):
+        return self._stream.finish()
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_failed_write_leaves_no_partial_output(tmp_path, streamed):
+    write(tmp_path / "a.wav", speech_like(8000, 20.0), 8000)  # three blocks
 
     class Exploding(Resampler):
+        def stream(self, rate, channels, frames):
+            return _PoisonedStream(super().stream(rate, channels, frames))
+
+    class ExplodingWhole:  # no stream: the whole-file path
+        method, model, device = "resample", None, "cpu"
+
         def enhance(self, audio, rate):
-            out = super().enhance(audio, rate)
+            out = Resampler().enhance(audio, rate)
             out[10] = np.inf
             return out
 
-    outcome = process_file(tmp_path.resolve(), "a.wav", JOB, Exploding)
+    outcome = process_file(tmp_path.resolve(), "a.wav", JOB, Exploding if streamed else ExplodingWhole)
     assert outcome["outcome"] == FAILED and "non-finite" in outcome["record"]["error"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav"]
 

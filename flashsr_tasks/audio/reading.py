@@ -32,18 +32,37 @@ def read_source(path: Path) -> Source:
         with sf.SoundFile(str(path)) as handle:
             subtype, rate, container, announced = handle.subtype, handle.samplerate, handle.format, handle.frames
             audio = handle.read(dtype="float32", always_2d=True)
-    except sf.LibsndfileError as exc:
-        raise AudioError(f"cannot be read as audio ({_sentence(exc.error_string)})") from None
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"cannot be read as audio ({_sentence(str(exc).rsplit(': ', 1)[-1])})") from None
-    if audio.shape[0] == 0:
-        raise AudioError("holds no audio samples")
-    if container in _EXACT_LENGTH_FORMATS and audio.shape[0] < announced:
-        raise AudioError(
-            f"is truncated: its header announces {announced} frames but only {audio.shape[0]} could be decoded")
+    except DECODE_ERRORS as exc:
+        raise decode_failure(exc) from None
+    check_length(audio.shape[0], announced, container)
     if not math.isfinite(peak_of(audio)):
-        raise AudioError("contains non-finite samples (NaN or infinity)")
+        raise AudioError(NON_FINITE)
     return Source(audio=audio, rate=rate, subtype=subtype, format=container)
+
+
+# What libsndfile and soundfile raise for a file they cannot decode.
+DECODE_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+NON_FINITE = "contains non-finite samples (NaN or infinity)"
+
+
+def decode_failure(exc: Exception) -> AudioError:
+    """The sentence for a file libsndfile cannot open or decode (one of `DECODE_ERRORS`)."""
+    if isinstance(exc, sf.LibsndfileError):
+        return AudioError(f"cannot be read as audio ({_sentence(exc.error_string)})")
+    return AudioError(f"cannot be read as audio ({_sentence(str(exc).rsplit(': ', 1)[-1])})")
+
+
+def exact_length(container: str) -> bool:
+    """Whether the container's header states its exact length (else an estimate: MP3, Ogg)."""
+    return container in _EXACT_LENGTH_FORMATS
+
+
+def check_length(decoded: int, announced: int, container: str) -> None:
+    """Refuse an empty source, and one that decodes to fewer frames than its exact-length header announces."""
+    if decoded == 0:
+        raise AudioError("holds no audio samples")
+    if exact_length(container) and decoded < announced:
+        raise AudioError(f"is truncated: its header announces {announced} frames but only {decoded} could be decoded")
 
 
 def describe(path: Path) -> dict[str, Any]:

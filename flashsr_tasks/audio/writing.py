@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import soundfile as sf
@@ -60,28 +61,113 @@ def fit_full_scale(audio: np.ndarray, peak: Optional[float] = None) -> float:
 def write_output(path: Path, audio: np.ndarray, rate: int, subtype: str) -> str:
     """Write a WAV (or, for a `.flac` path, a FLAC) that appears whole or not at all; returns
     the written file's sha256."""
-    size = audio.size * _BYTES_PER_SAMPLE.get(subtype, 4)
-    container = output_format_of(path)
-    if container == "WAV" and size > _RIFF_LIMIT:
-        container = "RF64"
-    if container == "WAV" and subtype == "PCM_16" and audio.dtype == np.float32 and audio.shape[1] <= 2:
-        return _write_pcm16_wav(path, audio, rate)
-    # Through a Python file object: soundfile's path API fsyncs every file on close, which on
-    # these disks costs more than the resampling; a killed run still leaves nothing partial.
-    with atomic_path(path) as tmp, signals_held(), open(tmp, "wb") as raw:
-        sink = _ErrorKeepingFile(raw)
+    with atomic_path(path) as tmp:
+        writer = BlockWriter(tmp, audio.shape[0], audio.shape[1], rate, subtype, output_format_of(path),
+                             float32=audio.dtype == np.float32)
         try:
-            with sf.SoundFile(sink, "w", rate, audio.shape[1], subtype=subtype, format=container) as out:
-                if subtype == "PCM_16" and audio.dtype == np.float32:
-                    for start in range(0, audio.shape[0], _BLOCK_FRAMES):
-                        out.write(_pcm16(audio[start:start + _BLOCK_FRAMES]))
-                else:
-                    out.write(audio)
-        except Exception:
-            sink.raise_kept()  # the cause (a full disk), not libsndfile's consequence of it
+            if writer.converts:
+                for start in range(0, audio.shape[0], _BLOCK_FRAMES):
+                    writer.write(audio[start:start + _BLOCK_FRAMES])
+            else:
+                writer.write(audio)
+            return writer.close()
+        finally:
+            writer.abandon()
+
+
+class BlockWriter:
+    """An output written block by block into `tmp` (atomic_path's temporary, which the caller renames once
+    `close` returns); `frames` is the whole output's length, which a WAV header states before the audio.
+
+    The commonest output, a mono or stereo 16-bit WAV, is written here: the same bytes as libsndfile writes
+    (its 44-byte header; a test compares them), without its per-call costs through a Python file object, and
+    hashed as it is written instead of read back. Anything else goes through libsndfile, each call with
+    Ctrl-C and SIGTERM held (files.atomic.signals_held), hashed once closed. `float32`: the blocks are float32
+    (converted to 16 bits here, vectorised); others are libsndfile's to convert.
+    """
+
+    def __init__(self, tmp: Path, frames: int, channels: int, rate: int, subtype: str, container: str = "WAV",
+                 float32: bool = True) -> None:
+        if container == "WAV" and frames * channels * _BYTES_PER_SAMPLE.get(subtype, 4) > _RIFF_LIMIT:
+            container = "RF64"
+        self._tmp = tmp
+        self._frames = frames
+        self._written = 0
+        self._pcm16 = subtype == "PCM_16" and float32
+        self._sink: Optional[_ErrorKeepingFile] = None
+        self._out: Optional[sf.SoundFile] = None
+        self._digest: Optional[Any] = None
+        # Through a Python file object: soundfile's path API fsyncs every file on close, which on
+        # these disks costs more than the resampling; a killed run still leaves nothing partial.
+        self._raw = open(tmp, "wb")
+        try:
+            if container == "WAV" and self._pcm16 and channels <= 2:
+                data_size = frames * channels * 2
+                header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_size, b"WAVE", b"fmt ", 16, 1,
+                                     channels, rate, rate * channels * 2, channels * 2, 16, b"data", data_size)
+                self._digest = hashlib.sha256(header)
+                self._raw.write(header)
+            else:
+                self._sink = _ErrorKeepingFile(self._raw)
+                with self._kept_errors():
+                    self._out = sf.SoundFile(self._sink, "w", rate, channels, subtype=subtype, format=container)
+        except BaseException:
+            self.abandon()
             raise
-        sink.raise_kept()
-    return sha256_of(path)
+
+    @property
+    def converts(self) -> bool:
+        """Whether blocks are converted here (so a caller with a whole array writes it in blocks)."""
+        return self._pcm16
+
+    def write(self, block: np.ndarray) -> None:
+        """Append `block` (`[frames, channels]`, inside full scale)."""
+        self._written += block.shape[0]
+        data = _pcm16(block) if self._pcm16 else block
+        if self._out is None:
+            raw = data.astype("<i2", copy=False).tobytes()
+            assert self._digest is not None
+            self._digest.update(raw)
+            self._raw.write(raw)
+            return
+        with self._kept_errors():
+            self._out.write(data)
+
+    def close(self) -> str:
+        """Finish the file; returns its sha256."""
+        if self._written != self._frames:
+            raise RuntimeError(f"{self._written} frames were written where the header states {self._frames}")
+        if self._out is not None:
+            with self._kept_errors():
+                self._out.close()
+        self._raw.close()
+        if self._digest is not None:
+            return str(self._digest.hexdigest())
+        return sha256_of(self._tmp)
+
+    def abandon(self) -> None:
+        """Let go of the file without finishing it (its temporary is removed by atomic_path)."""
+        if self._out is not None and not self._out.closed:
+            try:
+                with signals_held():
+                    self._out.close()
+            except Exception:  # a full disk, already reported by the write that failed
+                pass
+        self._raw.close()
+
+    @contextmanager
+    def _kept_errors(self) -> Iterator[None]:
+        """A libsndfile call with signals held; the cause of its failure (a full disk) raised rather than
+        libsndfile's consequence of it."""
+        with signals_held():
+            try:
+                yield
+            except Exception:
+                if self._sink is not None:
+                    self._sink.raise_kept()
+                raise
+            if self._sink is not None:
+                self._sink.raise_kept()
 
 
 class _ErrorKeepingFile:
@@ -117,24 +203,6 @@ class _ErrorKeepingFile:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._raw, name)
-
-
-def _write_pcm16_wav(path: Path, audio: np.ndarray, rate: int) -> str:
-    """The commonest output, a mono or stereo 16-bit WAV, written here: the same bytes as
-    libsndfile writes (its 44-byte header; a test compares them), without its per-call costs
-    through a Python file object, and hashed as it is written instead of read back."""
-    channels = audio.shape[1]
-    data_size = audio.size * 2
-    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_size, b"WAVE", b"fmt ", 16, 1, channels,
-                         rate, rate * channels * 2, channels * 2, 16, b"data", data_size)
-    digest = hashlib.sha256(header)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(header)
-        for start in range(0, audio.shape[0], _BLOCK_FRAMES):
-            block = _pcm16(audio[start:start + _BLOCK_FRAMES]).astype("<i2", copy=False).tobytes()
-            digest.update(block)
-            handle.write(block)
-    return digest.hexdigest()
 
 
 def _pcm16(block: np.ndarray) -> np.ndarray:

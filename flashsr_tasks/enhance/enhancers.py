@@ -11,7 +11,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from flashsr_tasks.audio.resample import to_output_rate
+from flashsr_tasks.audio.resample import OutputRateStream, to_output_rate
 from flashsr_tasks.model.install import MODEL_INSTALL_HINT
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ class Resampler:
 
     def enhance(self, audio: np.ndarray, rate: int) -> np.ndarray:
         return to_output_rate(audio, rate)
+
+    def stream(self, rate: int, channels: int, frames: int) -> OutputRateStream:
+        """`enhance` block by block, for a source of `frames` frames (enhance.streaming): the same output.
+        An enhancer with this method runs the per-file path in bounded memory; one without it, the whole file."""
+        return OutputRateStream(rate, channels, frames)
 
 
 def wants_model(device: str, model_dir: Optional[str]) -> bool:

@@ -1,7 +1,12 @@
 """How much memory one file needs, from its header, and the one sentence that refuses a file that cannot fit.
 
-The per-file path today holds the whole decoded input and the whole 48 kHz output (float32). Measured peaks over
-the process's floor (`benchmarks/memory_need.py`, docs/workers.md, "Memory"):
+The resampler's path streams (enhance.streaming): it holds a few blocks, never the file, so its need is a constant
+of the block size, the channels and the rate, whatever the length. Measured peaks over the process's floor
+(`benchmarks/memory_need.py`, docs/workers.md, "Memory"): a few MiB for 8-16 kHz mono and stereo of any length,
+the judge's spectrum (its 256 segments of 4096 float64 samples and their FFT) at 32 kHz and above.
+
+The model's path (and the resampler's for an MP3, which is decoded whole: audio.source_blocks) holds the whole
+decoded input and the whole 48 kHz output (float32):
 
 - resample: input + output, exactly (10 min of 8 kHz mono: 128 MiB; 40 min: 513 MiB; 10 min of 16 kHz stereo:
   293 MiB); a FLOAT output is written through one more output-sized copy (220 MiB for 10 min of 8 kHz);
@@ -9,15 +14,15 @@ the process's floor (`benchmarks/memory_need.py`, docs/workers.md, "Memory"):
   of 8 kHz mono), + about 2 × output more with FLASHSR_KEEP_INPUT_BAND (490 MiB). The model's weights and its
   batch's activations are the process's, not the file's: they are in the floor (memory_budget).
 
-The estimate is that arithmetic with a margin: 1.15 × the arrays + 32 MiB. When the per-file path streams (bounded
-memory for any length), these figures must follow it.
+Each estimate is that arithmetic with a margin: 1.15 × the arrays + 32 MiB.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from flashsr_tasks.audio.errors import AudioError
-from flashsr_tasks.audio.resample import output_frames
+from flashsr_tasks.audio.resample import OUTPUT_RATE, output_frames
+from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES, streams_in_blocks
 from flashsr_tasks.enhance.memory_budget import Budget
 
 FLOAT32 = 4
@@ -25,6 +30,12 @@ MARGIN = 1.15
 OVERHEAD = 32 << 20  # a few blocks, the windows in flight, soxr's state
 MODEL_OUTPUT_COPIES = 2.5
 KEEP_BAND_OUTPUT_COPIES = 2.0
+# The streamed path's arrays per block: the decoded block (float32) and its mono mean (float64); the resampled
+# block, its scaled copy and its 16-bit conversion (3 × float32, counted generously). At 32 kHz and above the
+# judge's segments, their windowed copy, their spectrum and its power (256 × 4096 × (8 + 8 + 8) + 256 × 2049 × 8).
+STREAMED_INPUT_BYTES = 4 + 8
+STREAMED_OUTPUT_COPIES = 3
+JUDGE_BYTES = 256 * 4096 * 24 + 256 * 2049 * 8
 
 
 class TooLarge(AudioError):
@@ -41,6 +52,8 @@ class Header:
 
 def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> int:
     """The estimated peak memory of enhancing this file, above the process's floor."""
+    if not model and streams_in_blocks(header.subtype):
+        return streamed_need_bytes(header)
     input_bytes = header.frames * header.channels * FLOAT32
     output_bytes = output_frames(header.frames, header.rate) * header.channels * FLOAT32
     if model:
@@ -48,6 +61,14 @@ def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> in
     else:
         copies = 2.0 if header.subtype == "FLOAT" else 1.0  # libsndfile's float write takes one more copy
     return int(MARGIN * (input_bytes + copies * output_bytes)) + OVERHEAD
+
+
+def streamed_need_bytes(header: Header) -> int:
+    """The streamed resampler's need: a block's worth, the same for any length."""
+    block_in = BLOCK_FRAMES * header.channels * STREAMED_INPUT_BYTES
+    block_out = (BLOCK_FRAMES * OUTPUT_RATE // max(1, header.rate) + 1) * header.channels * FLOAT32
+    judge = JUDGE_BYTES if header.rate >= 32000 else 0
+    return int(MARGIN * (block_in + STREAMED_OUTPUT_COPIES * block_out + judge)) + OVERHEAD
 
 
 def check_fits(header: Header, need: int, budget: Budget) -> None:

@@ -10,19 +10,22 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from flashsr_tasks import config
 from flashsr_tasks.audio.containers import AudioError, output_format_of, output_is_whole
-from flashsr_tasks.audio.reading import describe, header_of, read_source
+from flashsr_tasks.audio.reading import Source, describe, header_of, read_source
 from flashsr_tasks.audio.resample import OUTPUT_RATE
+from flashsr_tasks.audio.source_blocks import SourceBlocks, streams_in_blocks
 from flashsr_tasks.audio.writing import fit_full_scale, output_subtype, peak_of, write_output
 from flashsr_tasks.enhance import memory_budget
 from flashsr_tasks.enhance.band_keeping import keep_input_band
 from flashsr_tasks.enhance.enhancers import Enhancer, fallback_reason, wants_model
 from flashsr_tasks.enhance.memory_need import Header, check_fits, need_bytes
 from flashsr_tasks.enhance.selection import judge
+from flashsr_tasks.enhance.streaming import judge_blocks, write_streamed
 from flashsr_tasks.files.disk_full import RECORD_REASON, is_disk_full
 from flashsr_tasks.files.hashing import sha256_of
 from flashsr_tasks.files.naming import output_owner, output_path_for, relative_posix
@@ -75,42 +78,59 @@ def process_file(
         input_sha256 = sha256_of(source_path)
         if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}
-        _refuse_what_cannot_fit(source_path, job)
-        src = read_source(source_path)
-        reason, band_edge = judge(src.audio, src.rate, force=job.force)
-        if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
-            entry = new_entry(source, src.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
-            return {"source": source, "outcome": UNSELECTED, "record": entry}
-        enhancer = enhancer_for()
-        record["method"] = enhancer.method
-        out = enhancer.enhance(src.audio, src.rate)
-        if enhancer.method == "flashsr" and config.keep_input_band():
-            out, record["kept_input_band_hz"] = keep_input_band(src.audio, src.rate, out)
-        del src.audio  # the largest temporary; free it before writing
-        peak = peak_of(out)
-        if not math.isfinite(peak):
-            raise AudioError(f"gave non-finite samples after {enhancer.method}")
-        gain = fit_full_scale(out, peak)
         output_format = output_format_of(output_path)
-        subtype = output_subtype(src.subtype, output_format)
-        if output_dir is not None:
-            output_path.parent.mkdir(parents=True, exist_ok=True)  # the source's folder, mirrored
-        output_sha256 = write_output(output_path, out, OUTPUT_RATE, subtype)
+        opened = _open_in_blocks(source_path, job)
+        if opened is not None:  # the resampler's: block by block, in bounded memory (enhance.streaming)
+            with opened as blocks:
+                _refuse_what_cannot_fit((blocks.announced, blocks.rate, blocks.channels, blocks.subtype), job)
+                reason, band_edge = judge_blocks(blocks, force=job.force)
+                if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
+                    entry = new_entry(source, blocks.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
+                    return {"source": source, "outcome": UNSELECTED, "record": entry}
+                enhancer = enhancer_for()
+                record["method"] = enhancer.method
+                subtype = output_subtype(blocks.subtype, output_format)
+                _make_output_dir(output_path, output_dir)
+                input_: Input = blocks
+                stream = getattr(enhancer, "stream", None)
+                if stream is not None:
+                    streamed = write_streamed(blocks, output_path, subtype,
+                                              lambda frames: stream(blocks.rate, blocks.channels, frames),
+                                              enhancer.method)
+                    written = Output(streamed.frames, blocks.channels, streamed.gain, streamed.sha256)
+                else:  # an enhancer without a block stream (a model under a cpu job, a test's stand-in)
+                    src = read_source(source_path)
+                    written = _enhance_whole(src, enhancer, output_path, subtype)
+        else:  # the model (its windows do not stream yet) or an MP3: the whole file in memory
+            _refuse_what_cannot_fit(header_of(source_path), job)  # None: read_source says why it cannot be read
+            src = read_source(source_path)
+            reason, band_edge = judge(src.audio, src.rate, force=job.force)
+            if reason is None:
+                entry = new_entry(source, src.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
+                return {"source": source, "outcome": UNSELECTED, "record": entry}
+            enhancer = enhancer_for()
+            record["method"] = enhancer.method
+            subtype = output_subtype(src.subtype, output_format)
+            _make_output_dir(output_path, output_dir)
+            input_ = src
+            written = _enhance_whole(src, enhancer, output_path, subtype)
+        if written.kept_input_band_hz is not None:
+            record["kept_input_band_hz"] = written.kept_input_band_hz
         record.update({
             "status": "ok",
             "reason": reason,
             "band_edge_hz": band_edge,
-            "input_format": src.format,
+            "input_format": input_.format,
             "output_format": output_format,
-            "input_sample_rate": src.rate,
+            "input_sample_rate": input_.rate,
             "output_sample_rate": OUTPUT_RATE,
-            "channels": int(out.shape[1]),
-            "duration_s": round(out.shape[0] / OUTPUT_RATE, 6),
-            "input_subtype": src.subtype,
+            "channels": written.channels,
+            "duration_s": round(written.frames / OUTPUT_RATE, 6),
+            "input_subtype": input_.subtype,
             "output_subtype": subtype,
-            "gain_db": round(20 * math.log10(gain), 3),
+            "gain_db": round(20 * math.log10(written.gain), 3),
             "input_sha256": input_sha256,
-            "output_sha256": output_sha256,
+            "output_sha256": written.sha256,
             "output_size": output_path.stat().st_size,
             "model": enhancer.model,
             "device": enhancer.device,
@@ -128,18 +148,73 @@ def process_file(
     return result
 
 
-def _refuse_what_cannot_fit(source_path: Path, job: Job) -> None:
-    """Raise `TooLarge` before decoding when the file's estimated need is above what one file may use here
-    (flashsr_tasks.enhance.memory_budget); the model's estimate when this process would use the model."""
+def _model_expected(job: Job) -> bool:
+    """Whether this process will enhance with the model (whose path holds the whole file), as far as can be known
+    before it is loaded; a model that then falls back to resampling runs the whole-file path, same output."""
+    return wants_model(job.device, job.model_dir) and fallback_reason() is None
+
+
+def _open_in_blocks(source_path: Path, job: Job) -> Optional[SourceBlocks]:
+    """The source opened for the streamed path, or None for the whole-file path: the model, or an MP3
+    (audio.source_blocks). Raises `AudioError` for a source that cannot be opened."""
+    if _model_expected(job):
+        return None
+    blocks = SourceBlocks(source_path)
+    if streams_in_blocks(blocks.subtype):
+        return blocks
+    blocks.close()
+    return None
+
+
+def _refuse_what_cannot_fit(shape: Optional[tuple[int, int, int, str]], job: Job) -> None:
+    """Raise `TooLarge` before decoding when the file's estimated need (from its header's `shape`: frames, rate,
+    channels, subtype) is above what one file may use here (flashsr_tasks.enhance.memory_budget): the streamed
+    path's, the model's when this process would use the model, or an MP3's, decoded whole."""
     budget = memory_budget.budget()
-    if budget is None:
+    if budget is None or shape is None:
         return
-    shape = header_of(source_path)
-    if shape is None:
-        return  # read_source says why it cannot be read
     header = Header(*shape)
-    model = wants_model(job.device, job.model_dir) and fallback_reason() is None
+    model = _model_expected(job)
     check_fits(header, need_bytes(header, model, model and config.keep_input_band()), budget)
+
+
+class Input(Protocol):
+    """What a record says of the input, whether it was read whole (`Source`) or in blocks (`SourceBlocks`)."""
+
+    rate: int
+    subtype: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Output:
+    """What was written: its length at 48 kHz, its channels, the gain that kept it inside full scale, its hash."""
+
+    frames: int
+    channels: int
+    gain: float
+    sha256: str
+    kept_input_band_hz: Optional[int] = None  # FLASHSR_KEEP_INPUT_BAND's crossover, with the model
+
+
+def _enhance_whole(src: Source, enhancer: Enhancer, output_path: Path, subtype: str) -> Output:
+    """The whole-file path: the source enhanced in memory, scaled inside full scale and written."""
+    out = enhancer.enhance(src.audio, src.rate)
+    kept = None
+    if enhancer.method == "flashsr" and config.keep_input_band():
+        out, kept = keep_input_band(src.audio, src.rate, out)
+    del src.audio  # the largest temporary; free it before writing
+    peak = peak_of(out)
+    if not math.isfinite(peak):
+        raise AudioError(f"gave non-finite samples after {enhancer.method}")
+    gain = fit_full_scale(out, peak)
+    output_sha256 = write_output(output_path, out, OUTPUT_RATE, subtype)
+    return Output(int(out.shape[0]), int(out.shape[1]), gain, output_sha256, kept)
+
+
+def _make_output_dir(output_path: Path, output_dir: Optional[Path]) -> None:
+    if output_dir is not None:
+        output_path.parent.mkdir(parents=True, exist_ok=True)  # the source's folder, mirrored
 
 
 def _failure(exc: Exception, source: str, root: Path, output_path: Optional[Path]) -> tuple[str, Optional[str]]:

@@ -1,0 +1,150 @@
+"""Peak memory and wall time of `flashsr-enhance` on long files: does the resample path's memory depend on length?
+
+For each file, in a fresh temporary folder: writes it (a minute at a time), runs `flashsr-enhance --input DIR
+--device cpu --processes 1 --quiet` (in-process: the runner and its one pool process) and samples the resident
+memory of the whole process tree every 20 ms with psutil; then deletes the folder (the files are big). Files:
+8 kHz mono PCM_16 calls (speech-band noise and a tone) of 10, 60, 180 and 600 minutes, and a 44.1 kHz stereo
+PCM_16 file low-passed at 4 kHz (selected as band-limited: the judging pass, then the writing pass) of 120 minutes.
+Prints a table, the peak's growth per minute of input along the calls, and the ratio of the longest call's peak
+to the shortest's. Targets: the 600-minute call within 1.25x the 10-minute call's peak, under 300 MiB.
+
+`--quick` (the test suite's): the same ratios at a twentieth of the lengths. The code measured is whatever
+`flashsr-enhance` imports (PYTHONPATH decides which checkout).
+
+    python benchmarks/long_files.py [--quick] [--minutes 10 60] [--no-stereo]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import soundfile as sf
+import soxr
+
+CALL_MINUTES = (10, 60, 180, 600)
+STEREO_MINUTES = 120
+QUICK_DIVISOR = 20
+SAMPLE_S = 0.02
+
+
+def write_call(path: Path, minutes: float) -> None:
+    """8 kHz mono: a tone under noise, a minute at a time (never the whole file in this process)."""
+    rng = np.random.default_rng(0)
+    frames = int(minutes * 60 * 8000)
+    with sf.SoundFile(str(path), "w", 8000, 1, "PCM_16") as out:
+        for start in range(0, frames, 60 * 8000):
+            n = min(60 * 8000, frames - start)
+            t = np.arange(start, start + n) / 8000
+            out.write((0.2 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(n)).astype(np.float32))
+
+
+def write_band_limited(path: Path, minutes: float) -> None:
+    """44.1 kHz stereo with nothing above 4 kHz (noise made at 8 kHz and resampled): selected as band-limited."""
+    rng = np.random.default_rng(1)
+    with sf.SoundFile(str(path), "w", 44100, 2, "PCM_16") as out:
+        left = minutes
+        while left > 0:
+            chunk = min(1.0, left)
+            narrow = (0.1 * rng.standard_normal((int(chunk * 60 * 8000), 2))).astype(np.float32)
+            out.write(soxr.resample(narrow, 8000, 44100, quality="VHQ"))
+            left -= chunk
+
+
+def flashsr_command() -> list[str]:
+    found = shutil.which("flashsr-enhance") or shutil.which("flashsr-enhance", path=str(Path(sys.executable).parent))
+    if not found:
+        raise SystemExit("flashsr-enhance is not installed: run `pip install -e .` in this Python's environment")
+    return [found]
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """The resident memory of `process` and all its descendants now."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:  # it ended between the listing and the reading
+            pass
+    return total
+
+
+def measure(folder: Path) -> dict[str, float]:
+    """Run flashsr-enhance on `folder`: the process tree's peak RSS (sampled every 20 ms) and the wall time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_BROKER")}
+    command = flashsr_command() + ["--input", str(folder), "--device", "cpu", "--processes", "1", "--quiet"]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(child.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                peak = max(peak, tree_rss(root))
+            except psutil.Error:
+                return
+            time.sleep(SAMPLE_S)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = child.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if child.returncode != 0:
+        raise SystemExit(f"flashsr-enhance exited with {child.returncode}:\n{stderr.decode()[-3000:]}")
+    return {"peak_mib": peak / 2**20, "wall_s": wall}
+
+
+def one(kind: str, minutes: float) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="flashsr-long-"))
+    try:
+        name = folder / ("call.wav" if kind == "call" else "band_limited.wav")
+        (write_call if kind == "call" else write_band_limited)(name, minutes)
+        row: dict[str, Any] = {"kind": kind, "minutes": minutes, **measure(folder)}
+        outputs = list(folder.glob("*_flashsr.wav"))
+        if len(outputs) != 1:
+            raise SystemExit(f"{name.name}: expected one output, found {[p.name for p in outputs]}")
+        return row
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"lengths divided by {QUICK_DIVISOR}")
+    parser.add_argument("--minutes", type=float, nargs="+", help="the calls' lengths (default 10 60 180 600)")
+    parser.add_argument("--no-stereo", action="store_true", help="leave out the 44.1 kHz stereo file")
+    args = parser.parse_args()
+    divisor = QUICK_DIVISOR if args.quick else 1
+    calls = [m / divisor for m in (args.minutes or CALL_MINUTES)]
+    rows = [one("call", m) for m in calls]
+    if not args.no_stereo:
+        rows.append(one("band_limited", STEREO_MINUTES / divisor))
+    print("| file | minutes | peak RSS, process tree | wall | audio / wall |\n|---|---|---|---|---|")
+    for r in rows:
+        label = "8 kHz mono call" if r["kind"] == "call" else "44.1 kHz stereo, low-passed at 4 kHz"
+        print(f"| {label} | {r['minutes']:g} | {r['peak_mib']:.0f} MiB | {r['wall_s']:.1f} s | "
+              f"{r['minutes'] * 60 / r['wall_s']:.0f}x |")
+    first, last = rows[0], rows[len(calls) - 1]
+    if len(calls) > 1:
+        growth = (last["peak_mib"] - first["peak_mib"]) / (last["minutes"] - first["minutes"])
+        print(f"growth per minute of 8 kHz mono input: {growth:+.3f} MiB/min")
+        print(f"peak ratio {last['minutes']:g} min / {first['minutes']:g} min: {last['peak_mib'] / first['peak_mib']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
