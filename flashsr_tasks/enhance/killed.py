@@ -2,7 +2,7 @@
 says what happened, what the file is and what to do.
 
 A worker (worker.attempts) and the in-process pool (in_process.file_pool) count the deaths; this
-only words them.
+words them, and removes what a killed run of the file left.
 """
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ def killed_outcome(root: Path, source: str, deaths: int, how: Optional[str], who
     said = f" ({'; '.join(details)})" if details else ""
     times = "once" if deaths == 1 else f"{deaths} times"
     return failed_outcome(source, f"killed {who} {times}{said}; give the worker more memory or leave the file out")
+
+
+def remove_leftovers(root: Path, source: str, output_dir: Optional[str]) -> None:
+    """Remove the temporary output files that a process killed on `source` left (a SIGKILL runs
+    no clean-up); `root` is already checked. Best effort: a later run sweeps stale ones anyway."""
+    from flashsr_tasks.files.naming import output_path_for
+    from flashsr_tasks.files.roots import PathRefused, resolve_source
+    from flashsr_tasks.files.temporaries import remove_temporaries_of
+
+    try:
+        source_path = resolve_source(root, source)
+        remove_temporaries_of(output_path_for(source_path, root, Path(output_dir) if output_dir else None))
+    except (PathRefused, OSError, ValueError):
+        pass
 
 
 def _what_the_file_is(root: Path, source: str) -> Optional[str]:

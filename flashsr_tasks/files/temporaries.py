@@ -37,3 +37,22 @@ def remove_stale_temporaries(folder: str, names: Iterable[str]) -> int:
         except OSError:  # gone already, or a read-only tree
             pass
     return removed
+
+
+def remove_temporaries_of(target: Path) -> int:
+    """Remove every temporary file of `target` (atomic_path's), whatever its age: for a writer
+    known to be dead (a pool process killed on that file). Returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return 0
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match and match["target"] == target.name:
+            try:
+                os.unlink(target.parent / name)
+                removed += 1
+            except OSError:
+                pass
+    return removed

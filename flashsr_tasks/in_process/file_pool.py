@@ -103,7 +103,7 @@ class FilePool:
             yield outcome
 
     def _died(self, worker: _Process) -> Iterator[Outcome]:
-        from flashsr_tasks.enhance.killed import how_it_died, killed_outcome
+        from flashsr_tasks.enhance.killed import how_it_died, killed_outcome, remove_leftovers
 
         worker.process.join()
         worker.conn.close()
@@ -111,6 +111,7 @@ class FilePool:
         if not worker.queued:
             return
         on = worker.queued.popleft()
+        remove_leftovers(self.root, on.source, self.job.output_dir)
         deaths = self.deaths.get(on.source, 0) + 1
         if deaths >= self.max_attempts:
             self.deaths.pop(on.source, None)

@@ -7,12 +7,13 @@ per task id on the result backend, which outlives any worker: a run adds one as 
 SIGTERM hand-back (preemption: not the file's fault) takes its one back, a finished run deletes
 the hash. A run that finds FLASHSR_MAX_ATTEMPTS runs before it fails the file instead
 (tasks.py). The worker's main process notes how a pool process died (`CountingRequest`), for
-that record's sentence.
+that record's sentence, and removes the temporary output file the dead process left.
 """
 from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from celery.worker.request import Request
@@ -99,4 +100,21 @@ class CountingRequest(Request):
             if match and match.group(1) != "15":  # SIGTERM: a hand-back, counted off at the notice (worker.shutdown)
                 how = how_it_died(-int(match.group(1)) if match.group(1) else int(match.group(2)))
                 _quietly(client, self.id, lambda: client.hset(key_for(self.id), _HOW, how or ""))
+                self._remove_leftovers()
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def _remove_leftovers(self) -> None:
+        """The temporary output file the dead process was writing (it ran no clean-up), under the
+        message's root once that is checked as the task itself checks it."""
+        from flashsr_tasks.enhance.killed import remove_leftovers
+        from flashsr_tasks.files.roots import PathRefused, check_root
+        from flashsr_tasks.runs.job import Job
+
+        try:
+            job, source = Job.from_dict(self.args[0]), self.args[1]
+            root = check_root(Path(job.root))
+            if job.output_dir:
+                check_root(Path(job.output_dir), what="the job's output folder")
+            remove_leftovers(root, source, job.output_dir)
+        except (PathRefused, IndexError, KeyError, TypeError, ValueError, OSError):
+            log.debug("could not remove what the dead run of %s left", self.id, exc_info=True)

@@ -33,12 +33,14 @@ def enhance_one(
 
 def killed_one(job_data: dict[str, Any], source: str, deaths: int, how: Optional[str], queue: str) -> Outcome:
     """The failed outcome of a task whose every run so far killed its worker process."""
-    from flashsr_tasks.enhance.killed import killed_outcome
+    from flashsr_tasks.enhance.killed import killed_outcome, remove_leftovers
 
     started = metrics.task_started(queue)
     job = Job.from_dict(job_data)
     try:
-        outcome = killed_outcome(check_root(Path(job.root)), source, deaths, how)
+        root = check_root(Path(job.root))
+        outcome = killed_outcome(root, source, deaths, how)
+        remove_leftovers(root, source, job.output_dir)
     except PathRefused as exc:
         outcome = failed_outcome(source, f"refused: {exc}")
     metrics.task_finished(queue, started, outcome)
