@@ -43,12 +43,13 @@ if way == "library":
             torch.manual_seed(0)
             model(torch.zeros(1, 245760).uniform_(-0.3, 0.3), lowpass_input=False)
 elif way == "stage":
-    import numpy as np
+    import numpy as np, torch
     from flashsr_tasks.model.flashsr import load_flashsr
     enhancer = load_flashsr(device="cpu", model_dir=folder, batch_size=1, lowpass_input=False)
     if window:
         rows = np.random.default_rng(0).uniform(-0.3, 0.3, (1, 245760)).astype(np.float32)
-        enhancer.forward_rows(rows)
+        with torch.inference_mode():  # as the batcher's thread runs it
+            enhancer.forward_rows(rows)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
