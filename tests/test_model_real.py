@@ -73,11 +73,15 @@ def test_without_the_library_loading_is_model_unavailable(tmp_path: Path) -> Non
     assert "cannot be imported" in done.stdout and MODEL_INSTALL in done.stdout  # the README's install
 
 
-def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("builder", ["build_model", "build_lean_model"])
+def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path, builder: str) -> None:
     """Upstream's FlashSR(student, vocoder, vae) and PyPI's FlashSR(…, device): both are built with
-    every torch.load forced onto the CPU and to tensors only, whatever the library passes."""
-    from flashsr_tasks.model.library import build_model
+    every torch.load forced onto the CPU and to tensors only, whatever the library passes, by the
+    library's own build and the lean one alike."""
+    from flashsr_tasks.model import lean_build, library
     from flashsr_tasks.model.weights import weights_in_folder
+
+    build_model = getattr(lean_build if builder == "build_lean_model" else library, builder)
 
     for name in ("student_ldm.pth", "sr_vocoder.pth", "vae.pth"):
         torch.save({"w": torch.ones(2)}, tmp_path / name)
@@ -96,7 +100,8 @@ def test_both_constructor_signatures_load_tensors_on_the_cpu(tmp_path: Path) -> 
         built = build_model(cls, weights)
         assert all(sd["w"].device.type == "cpu" for sd in built.loaded)  # map_location="cuda" overridden
     assert built.device == "cpu"
-    assert torch.load is not None and torch.load.__name__ == "load"  # restored afterwards
+    assert torch.load is not None and torch.load.__module__ == "torch.serialization"  # restored afterwards
+    assert torch.nn.Module.load_state_dict.__qualname__ == "Module.load_state_dict"
 
     torch.save({"not": "tensors", "obj": Path("x")}, tmp_path / "student_ldm.pth")  # a pickled object
     with pytest.raises(Exception, match="(?i)weights_only|unpickl"):

@@ -92,3 +92,67 @@ def test_report_refuses_a_root_without_a_manifest(tmp_path: Path) -> None:
     made = report(tmp_path, tmp_path / "r.html", samples=1)
     assert made.returncode == 2 and "holds no manifest.json" in made.stderr and "Traceback" not in made.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_short_files_spectrogram_is_one_frame_a_column(tmp_path: Path) -> None:
+    """Up to ~8 s at 48 kHz, a column's stretch is under half a frame: each column is its one frame,
+    at the same place as ever (the pictures of short files are what they were)."""
+    import numpy as np
+    import soundfile as sf
+
+    from flashsr_tasks.quality import spectrogram
+
+    path = write(tmp_path / "short.wav", speech_like(48000, 5.0, seed=4), 48000, "FLOAT")
+    audio = sf.read(str(path), dtype="float64", always_2d=True)[0].mean(axis=1)
+    n_fft = 2048
+    starts = np.linspace(0, len(audio) - n_fft, spectrogram.COLUMNS).astype(int)
+    power = np.abs(np.fft.rfft(audio[starts[:, None] + np.arange(n_fft)] * np.hanning(n_fft), axis=1)) ** 2
+    rows = (np.fft.rfftfreq(n_fft, 1 / 48000) / spectrogram.TOP_HZ * spectrogram.HEIGHT).astype(int)
+    levels = np.stack([np.bincount(rows[rows < spectrogram.HEIGHT], weights=p[rows < spectrogram.HEIGHT],
+                                   minlength=spectrogram.HEIGHT) for p in power], axis=1)
+    assert np.array_equal(spectrogram._levels_db(path), 10 * np.log10(levels + 1e-20))
+
+
+def test_a_long_files_columns_show_their_stretch_not_an_instant(tmp_path: Path) -> None:
+    """Ten minutes of a 1 kHz tone gated on and off every 0.25 s: one frame a column would land on
+    the tone or on the silence by chance; averaged over the column's stretch, every column shows the
+    tone at about the same level."""
+    import numpy as np
+
+    from flashsr_tasks.quality import spectrogram
+
+    rate = 8000
+    t = np.arange(rate * 600) / rate
+    gated = (0.3 * np.sin(2 * np.pi * 1000 * t) * ((t * 2) % 1 < 0.5)).astype(np.float32)
+    levels = spectrogram._levels_db(write(tmp_path / "gated.wav", gated, rate, "FLOAT"))
+    tone = levels[int(1000 / spectrogram.TOP_HZ * spectrogram.HEIGHT)]
+    assert tone.max() - tone.min() < 6  # dB across the 400 columns (a column on silence alone: −200 dB)
+
+
+def test_report_of_an_hour_long_file_stays_in_bounded_memory(tmp_path: Path) -> None:
+    """A 60-minute 8 kHz call and its 48 kHz output, written a minute at a time: the report reads
+    16 frames a column, never the file (measured: 49 MiB peak, as for a 1-minute file)."""
+    import json
+
+    import soundfile as sf
+
+    from tests.peak_rss import peak_rss_mib
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name, rate in (("call.wav", 8000), ("call_flashsr.wav", 48000)):
+        minute = speech_like(rate, 60.0, seed=5)
+        with sf.SoundFile(str(root / name), "w", samplerate=rate, channels=1, subtype="PCM_16") as handle:
+            for m in range(60):
+                handle.write(minute * (0.4 + 0.01 * m))
+    record = {"type": "flashsr", "source": "call.wav", "output_name": "call_flashsr.wav",
+              "output_path": "call_flashsr.wav", "status": "ok", "method": "resample", "reason": "sample_rate<32000",
+              "input_sample_rate": 8000, "output_sample_rate": 48000, "channels": 1, "duration_s": 3600.0,
+              "elapsed_s": 9.0, "created_at": "2026-01-01T00:00:00Z"}
+    (root / "manifest.json").write_text(json.dumps({"enhancements": [record]}), encoding="utf-8")
+    page = tmp_path / "report.html"
+    peak, made = peak_rss_mib([sys.executable, "-m", "orchestrator_hooks.cli.report", str(root), "--output", str(page)],
+                              cwd=REPO)
+    assert made.returncode == 0, made.stderr
+    assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", page.read_text(encoding="utf-8"))) == 2
+    assert peak < 100, f"flashsr-report peaked at {peak:.0f} MiB on an hour-long file"

@@ -20,7 +20,8 @@ from flashsr_tasks.model import gpu_memory, observers
 from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
 from flashsr_tasks.model.devices import resolve_device
 from flashsr_tasks.model.fast_path import drop_unused_hifigan, fold_weight_norm, padded_rows, set_cuda_math
-from flashsr_tasks.model.library import FlashSRModel, build_model, import_library
+from flashsr_tasks.model.lean_build import build_lean_model
+from flashsr_tasks.model.library import FlashSRModel, import_library
 from flashsr_tasks.model.lowpass import lowpass_rows
 from flashsr_tasks.model.staged_forward import StagedForward
 from flashsr_tasks.model.weights import ModelUnavailable, locate_weights
@@ -209,10 +210,10 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
 
     flashsr_class, _ = import_library()
     try:
-        model = build_model(flashsr_class, weights)
+        model = build_lean_model(flashsr_class, weights)  # without the VAE's unused HiFi-GAN
         model.eval().requires_grad_(False)  # the VAE has dropout: inference needs eval mode
         folded = fold_weight_norm(model)  # before the move: the device gets plain weights only
-        freed = drop_unused_hifigan(model)
+        freed = drop_unused_hifigan(model)  # 0 unless a library variant built it anyway
         model.sr_vocoder.to(VOCODER_DTYPES[vocoder_dtype])
         model.to(torch_device)
         model.vae.to(torch_device)  # a plain object, not a submodule: .to() above does not reach it
@@ -242,7 +243,8 @@ def load_flashsr(device: str = "cuda", model_dir: Optional[str] = None, batch_si
         overlap=overlap)
     log.info("FlashSR loaded: %s on %s, batch size %d (waiting up to %d ms to fill), input low-pass %s, "
              "autocast %s, vocoder %s, TF32 %s, fixed shapes %s; %d weight-normed layers folded, "
-             "%.0f MB of unused HiFi-GAN dropped", enhancer.model, enhancer.device, enhancer.batch_size,
+             "unused HiFi-GAN %s", enhancer.model, enhancer.device, enhancer.batch_size,
              enhancer.max_wait_s * 1000, "on" if enhancer.lowpass_input else "off", enhancer.autocast,
-             vocoder_dtype, "on" if tf32 and on_cuda else "off", "on" if fixed_shapes else "off", folded, freed / 1e6)
+             vocoder_dtype, "on" if tf32 and on_cuda else "off", "on" if fixed_shapes else "off", folded,
+             f"dropped ({freed / 1e6:.0f} MB)" if freed else "never built")
     return enhancer

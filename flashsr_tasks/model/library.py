@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # The library's FlashSR module: its attributes (vae, sr_vocoder…) are untyped.
 FlashSRModel = Any
 
-_torch_load_lock = threading.Lock()
+torch_load_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -50,7 +50,7 @@ def _torch_load_on_cpu() -> Iterator[None]:
     def load_on_cpu(f: Any, *args: Any, **kwargs: Any) -> Any:
         return original(f, map_location="cpu", weights_only=True)
 
-    with _torch_load_lock:
+    with torch_load_lock:
         torch.load = load_on_cpu
         try:
             yield
@@ -90,10 +90,17 @@ def import_library() -> tuple[type, Optional[Callable[[torch.Tensor], torch.Tens
     return FlashSR, lowpass_rows
 
 
-def build_model(flashsr_class: Any, weights: Weights) -> FlashSRModel:
-    paths = [str(weights.path(name)) for name in WEIGHT_FILES]
-    # PyPI's polflashsr takes a `device` argument (the vocoder's map_location) that upstream lacks.
+def constructor_arguments(flashsr_class: Any, weights: Weights) -> tuple[list[str], dict[str, str]]:
+    """The checkpoints' paths, and `device="cpu"` where the constructor takes it: PyPI's polflashsr
+    takes a `device` argument (the vocoder's map_location) that upstream lacks."""
     extra = {"device": "cpu"} if "device" in inspect.signature(flashsr_class.__init__).parameters else {}
+    return [str(weights.path(name)) for name in WEIGHT_FILES], extra
+
+
+def build_model(flashsr_class: Any, weights: Weights) -> FlashSRModel:
+    """The library's own constructor, with every checkpoint loaded onto the CPU (tensors only): the
+    untouched library, HiFi-GAN included. The stage builds with `lean_build.build_lean_model`."""
+    paths, extra = constructor_arguments(flashsr_class, weights)
     with quiet_library(), _torch_load_on_cpu():
         model = flashsr_class(*paths, **extra)
     return model

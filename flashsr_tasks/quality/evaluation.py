@@ -5,6 +5,7 @@ docs/quality.md, "`flashsr-eval`", explains the simulation, the enhancement and 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,12 +16,12 @@ import soundfile as sf
 import soxr
 
 from flashsr_tasks.audio.containers import AudioError
-from flashsr_tasks.audio.reading import read_source
 from flashsr_tasks.enhance.enhancers import Enhancer
 from flashsr_tasks.enhance.per_file import process_file
 from flashsr_tasks.files.discovery import discover_sources
 from flashsr_tasks.manifest.records import FAILED, Record
-from flashsr_tasks.quality.scores import log_spectral_distance, si_sdr_db
+from flashsr_tasks.quality.blocks import audio_blocks, header
+from flashsr_tasks.quality.comparison import compare_files
 from flashsr_tasks.runs.job import Job
 
 FULL_BAND_RATES = (44100, 48000)
@@ -63,26 +64,34 @@ class Evaluation:
 def evaluate(references: Path, rates: Iterable[int], work_dir: Path, enhancer_for: Callable[[], Enhancer],
              device: str = "cpu", model_dir: Optional[str] = None,
              on_refused: Optional[Callable[[str], None]] = None) -> Evaluation:
-    """Score every full-band reference under `references` at every rate in `rates`."""
+    """Score every full-band reference under `references` at every rate in `rates`.
+
+    Every file is read and written a block at a time (`flashsr_tasks.quality.blocks`): beyond the
+    per-file enhancement itself, a reference of any length costs a few blocks of memory."""
     rates = sorted(set(rates))
     evaluation = Evaluation()
     groups: dict[tuple[int, str], RateMethodScores] = {}
     taken_inputs: set[str] = set()
     for reference in discover_sources(references):
         try:
-            source = read_source(references / reference)
+            reference_rate = header(references / reference).rate
         except AudioError as exc:
             _refuse(evaluation, on_refused, f"{reference} {exc}")
             continue
-        if source.rate not in FULL_BAND_RATES:
-            _refuse(evaluation, on_refused, f"{reference} is at {source.rate} Hz; a reference must be full-band "
+        if reference_rate not in FULL_BAND_RATES:
+            _refuse(evaluation, on_refused, f"{reference} is at {reference_rate} Hz; a reference must be full-band "
                                             f"audio at 44100 or 48000 Hz")
             continue
         input_name = _input_name(reference, taken_inputs)
-        target = source.audio.mean(axis=1)
+        inputs = {rate: (work_dir / str(rate) / "input").resolve() / input_name for rate in rates}
+        try:
+            write_simulated_inputs(references / reference, inputs)
+        except AudioError as exc:
+            _refuse(evaluation, on_refused, f"{reference} {exc}")
+            continue
         for rate in rates:
-            score = _score_one(source.audio, source.rate, target, rate, reference, input_name, work_dir,
-                               enhancer_for, device, model_dir, evaluation)
+            score = _score_one(references / reference, rate, reference, input_name, work_dir, enhancer_for, device,
+                               model_dir, evaluation)
             if score is not None:
                 method, file_score = score
                 groups.setdefault((rate, method), RateMethodScores(rate, method)).files.append(file_score)
@@ -97,14 +106,39 @@ def simulate_input(audio: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio, rate, to_rate, quality="VHQ").astype(np.float32)
 
 
-def _score_one(audio: np.ndarray, reference_rate: int, target: np.ndarray, rate: int, reference: str,
-               input_name: str, work_dir: Path, enhancer_for: Callable[[], Enhancer], device: str,
-               model_dir: Optional[str], evaluation: Evaluation) -> Optional[tuple[str, FileScore]]:
+def write_simulated_inputs(reference: Path, inputs: dict[int, Path]) -> None:
+    """`simulate_input` of `reference` at every rate of `inputs`, written to its path as 32-bit float
+    WAV: one pass over the reference, a block at a time (soxr's streaming resampler gives the same
+    samples as `simulate_input` on the whole file). On AudioError (one sentence: the reference cannot
+    be used) the inputs written so far are removed."""
+    info = header(reference)
+    with contextlib.ExitStack() as files:
+        writers = []
+        for rate, path in inputs.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = files.enter_context(sf.SoundFile(str(path), "w", samplerate=rate, channels=info.channels,
+                                                      subtype="FLOAT"))
+            stream = soxr.ResampleStream(info.rate, rate, info.channels, dtype="float32", quality="VHQ")
+            writers.append((writer, stream))
+        try:
+            for block in audio_blocks(reference):
+                for writer, stream in writers:
+                    writer.write(stream.resample_chunk(block, last=False))
+            for writer, stream in writers:
+                writer.write(stream.resample_chunk(np.zeros((0, info.channels), np.float32), last=True))
+        except AudioError:
+            files.close()
+            for path in inputs.values():
+                path.unlink(missing_ok=True)
+            raise
+
+
+def _score_one(reference_path: Path, rate: int, reference: str, input_name: str, work_dir: Path,
+               enhancer_for: Callable[[], Enhancer], device: str, model_dir: Optional[str],
+               evaluation: Evaluation) -> Optional[tuple[str, FileScore]]:
     input_root = (work_dir / str(rate) / "input").resolve()
     output_root = (work_dir / str(rate) / "output").resolve()
     input_path = input_root / input_name
-    input_path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(input_path), simulate_input(audio, reference_rate, rate), rate, subtype="FLOAT")
     # force: a simulated input at 32 kHz or more would otherwise be judged full-band and left alone
     job = Job(root=str(input_root), device=device, model_dir=model_dir, force=True, overwrite=True,
               output_dir=str(output_root))
@@ -115,18 +149,15 @@ def _score_one(audio: np.ndarray, reference_rate: int, target: np.ndarray, rate:
         return None
     record = cast(Record, outcome["record"])  # forced: never a full-band entry
     output_path = output_root / str(record["output_path"])
-    enhanced, output_rate = sf.read(str(output_path), dtype="float32", always_2d=True)
-    estimate = enhanced.mean(axis=1)
-    if output_rate != reference_rate:
-        estimate = soxr.resample(estimate, output_rate, reference_rate, quality="VHQ")
-    distance = log_spectral_distance(estimate, target, reference_rate, split_hz=rate / 2)
+    compared = compare_files(output_path, reference_path, split_hz=rate / 2)
+    distance = compared.distance
     work = work_dir.resolve()
     return str(record["method"]), FileScore(
         reference=reference,
         input=input_path.relative_to(work).as_posix(),
         output=output_path.relative_to(work).as_posix(),
         lsd=distance.lsd, lsd_hf=distance.lsd_hf, lsd_lf=distance.lsd_lf,
-        si_sdr_db=si_sdr_db(estimate, target),
+        si_sdr_db=compared.si_sdr_db,
         gain_db=record.get("gain_db"),
         kept_input_band_hz=record.get("kept_input_band_hz"),
     )
