@@ -128,7 +128,8 @@ class FilePool:
         finished: list[Outcome] = []
         try:
             for worker in self.processes:
-                worker.conn.close() if not worker.queued else None
+                if not worker.queued:
+                    worker.conn.close()  # an idle process waits on its pipe: its end tells it to go
             for worker in self.processes:
                 while worker.queued and worker.process.is_alive():
                     if wait([worker.conn, worker.process.sentinel], timeout=_FINISH_S):
