@@ -334,8 +334,9 @@ def rabbitmq(stage: Stage) -> Result:
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
-# A poison file: an hour of 8 kHz audio, which resampling whole needs about 800 MiB for, where
-# the kernel allows 300 MiB (a real cgroup memory limit, as a container's).
+# A poison file: two seconds of 1024 channels, whose every block needs about 650 MiB to resample,
+# where the kernel allows 300 MiB (a real cgroup memory limit, as a container's). An hour-long call
+# beside it streams in a constant few tens of MiB and succeeds.
 POISON_LIMIT = 300 << 20
 
 
@@ -349,6 +350,7 @@ def poison_file(in_process: bool) -> Callable[[Stage], Result]:
                     stage.add_worker(wrap=group.wrap)
                 stage.write_calls()
                 _hour_of_call(stage.root / "long.wav")
+                _wide_file(stage.root / "wide.wav")
                 started = time.monotonic()
                 stage.fault()
                 run = stage.command(wrap=group.wrap if in_process else list, in_process=in_process,
@@ -358,10 +360,12 @@ def poison_file(in_process: bool) -> Callable[[Stage], Result]:
         except NoMemoryGroup as exc:
             return Result(fault="", status="skipped", note=str(exc))
         entries = json.loads((stage.root / "manifest.json").read_text())["enhancements"]
+        wide = next(e for e in entries if e["source"] == "wide.wav")
         long = next(e for e in entries if e["source"] == "long.wav")
-        if long["status"] == "failed":
+        if wide["status"] == "failed":
             result.falsely_failed -= 1  # failed as it should be
-        result.note = f"{kills} OOM kills; long.wav: {long.get('error') or long['status']}"[:160]
+        result.note = (f"{kills} OOM kills; the hour-long call: {long['status']}; "
+                       f"wide.wav: {wide.get('error') or wide['status']}")[:200]
         return result
     return fault
 
@@ -374,6 +378,15 @@ def _hour_of_call(path: Path, rate: int = 8000) -> None:
     with sf.SoundFile(str(path), "w", samplerate=rate, channels=1, subtype="PCM_16") as out:
         for _ in range(60):
             out.write((rng.standard_normal(rate * 60) * 0.1).astype(np.float32))
+
+
+def _wide_file(path: Path, channels: int = 1024, seconds: float = 2.0, rate: int = 8000) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(3)
+    sf.write(str(path), (rng.standard_normal((int(rate * seconds), channels)) * 0.1).astype(np.float32), rate,
+             subtype="PCM_16")
 
 
 def full_disk(stage: Stage) -> Result:
@@ -481,7 +494,8 @@ FAULTS: dict[str, tuple[str, Callable[[Stage], Result]]] = {
     "sigterm": ("a worker sent SIGTERM mid-task, SIGKILL 10 s later", worker_sigterm_mid_task),
     "rabbitmq": ("RabbitMQ broker (results in Redis), a worker SIGKILLed", rabbitmq),
     "disk": ("output disk full (in-process, 3 MiB tmpfs)", full_disk),
-    "poison": ("a file that is OOM-killed on every run (worker in a 300 MiB cgroup)", poison_file(False)),
+    "poison": ("a file that is OOM-killed on every run, and an hour-long call (worker in a 300 MiB cgroup)",
+               poison_file(False)),
     "poison-in-process": ("the same, in-process (the command in the cgroup)", poison_file(True)),
     "ctrl-c": ("Ctrl-C of a distributed run at 25 %, then the same command", ctrl_c_then_again),
     "no-wait": ("--no-wait", no_wait),
