@@ -5,8 +5,12 @@ of the block size, the channels and the rate, whatever the length. Measured peak
 (`benchmarks/memory_need.py`, docs/workers.md, "Memory"): a few MiB for 8-16 kHz mono and stereo of any length,
 the judge's spectrum (its 256 segments of 4096 float64 samples and their FFT) at 32 kHz and above.
 
-The model's path (and the resampler's for an MP3, which is decoded whole: audio.source_blocks) holds the whole
-decoded input and the whole 48 kHz output (float32):
+The model's path streams too (model.window_stream): besides the resampler's blocks it holds a few windows of the
+48 kHz input and output (float32, up to three each per channel) and the rows of the batches it has submitted
+(`ahead + 1` batches and the one being filled, at most 3 × `FLASHSR_BATCH_SIZE` rows of a window each, the
+default batch on CUDA counted at its largest, 16), again the same for any length. The model under
+FLASHSR_KEEP_INPUT_BAND (its band edge is measured over the whole file) and an MP3 (the resampler's too, decoded
+whole: audio.source_blocks) hold the whole decoded input and the whole 48 kHz output (float32):
 
 - resample: input + output, exactly (10 min of 8 kHz mono: 128 MiB; 40 min: 513 MiB; 10 min of 16 kHz stereo:
   293 MiB); a FLOAT output is written through one more output-sized copy (220 MiB for 10 min of 8 kHz);
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flashsr_tasks import config
 from flashsr_tasks.audio.errors import AudioError
 from flashsr_tasks.audio.resample import OUTPUT_RATE, output_frames
 from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES, streams_in_blocks
 from flashsr_tasks.enhance.memory_budget import Budget
+from flashsr_tasks.model.windows import WINDOW
 
 FLOAT32 = 4
 MARGIN = 1.15
@@ -36,6 +42,13 @@ KEEP_BAND_OUTPUT_COPIES = 2.0
 STREAMED_INPUT_BYTES = 4 + 8
 STREAMED_OUTPUT_COPIES = 3
 JUDGE_BYTES = 256 * 4096 * 24 + 256 * 2049 * 8
+# The streamed model's windows: the input held from the next window's start and its joined copy, the output held
+# from the oldest unblended window's start and its grown copy (3 windows each, per channel); the rows in flight
+# (3 batches); one row's input low-pass in float64 (its filtered and resampled copies: about 6 × 8 bytes).
+MODEL_WINDOW_COPIES = 6
+MODEL_BATCHES_HELD = 3
+LOWPASS_ROW_BYTES = 6 * 8 * WINDOW
+MAX_DEFAULT_BATCH = 16  # model.gpu_memory's largest default batch on CUDA (that module imports torch)
 
 
 class TooLarge(AudioError):
@@ -52,8 +65,8 @@ class Header:
 
 def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> int:
     """The estimated peak memory of enhancing this file, above the process's floor."""
-    if not model and streams_in_blocks(header.subtype):
-        return streamed_need_bytes(header)
+    if streams_in_blocks(header.subtype) and not (model and keep_input_band):
+        return streamed_need_bytes(header) + (model_windows_bytes(header) if model else 0)
     input_bytes = header.frames * header.channels * FLOAT32
     output_bytes = output_frames(header.frames, header.rate) * header.channels * FLOAT32
     if model:
@@ -69,6 +82,14 @@ def streamed_need_bytes(header: Header) -> int:
     block_out = (BLOCK_FRAMES * OUTPUT_RATE // max(1, header.rate) + 1) * header.channels * FLOAT32
     judge = JUDGE_BYTES if header.rate >= 32000 else 0
     return int(MARGIN * (block_in + STREAMED_OUTPUT_COPIES * block_out + judge)) + OVERHEAD
+
+
+def model_windows_bytes(header: Header) -> int:
+    """What the streamed model path holds on top of the resampler's blocks: windows and batches, not the file."""
+    batch = config.explicit_batch_size() or MAX_DEFAULT_BATCH
+    windows = MODEL_WINDOW_COPIES * WINDOW * header.channels * FLOAT32
+    rows = MODEL_BATCHES_HELD * batch * WINDOW * FLOAT32
+    return int(MARGIN * (windows + rows + LOWPASS_ROW_BYTES))
 
 
 def check_fits(header: Header, need: int, budget: Budget) -> None:

@@ -93,15 +93,15 @@ def process_file(
                 _make_output_dir(output_path, output_dir)
                 input_: Input = blocks
                 stream = getattr(enhancer, "stream", None)
-                if stream is not None:
+                if stream is not None and not _keeps_input_band(enhancer):
                     streamed = write_streamed(blocks, output_path, subtype,
                                               lambda frames: stream(blocks.rate, blocks.channels, frames),
                                               enhancer.method)
                     written = Output(streamed.frames, blocks.channels, streamed.gain, streamed.sha256)
-                else:  # an enhancer without a block stream (a model under a cpu job, a test's stand-in)
+                else:  # an enhancer without a block stream (a test's stand-in), or the model keeping the input band
                     src = read_source(source_path)
                     written = _enhance_whole(src, enhancer, output_path, subtype)
-        else:  # the model (its windows do not stream yet) or an MP3: the whole file in memory
+        else:  # an MP3, or the model keeping the input band: the whole file in memory
             _refuse_what_cannot_fit(header_of(source_path), job)  # None: read_source says why it cannot be read
             src = read_source(source_path)
             reason, band_edge = judge(src.audio, src.rate, force=job.force)
@@ -149,15 +149,22 @@ def process_file(
 
 
 def _model_expected(job: Job) -> bool:
-    """Whether this process will enhance with the model (whose path holds the whole file), as far as can be known
-    before it is loaded; a model that then falls back to resampling runs the whole-file path, same output."""
+    """Whether this process will enhance with the model, as far as can be known before it is loaded; a model that
+    then falls back to resampling gives the resampler's output, whichever path it takes."""
     return wants_model(job.device, job.model_dir) and fallback_reason() is None
 
 
+def _keeps_input_band(enhancer: Enhancer) -> bool:
+    """The model under FLASHSR_KEEP_INPUT_BAND: its crossover needs the input's band edge, measured over the whole
+    file, so that path still holds the file (enhance.band_keeping)."""
+    return enhancer.method == "flashsr" and config.keep_input_band()
+
+
 def _open_in_blocks(source_path: Path, job: Job) -> Optional[SourceBlocks]:
-    """The source opened for the streamed path, or None for the whole-file path: the model, or an MP3
-    (audio.source_blocks). Raises `AudioError` for a source that cannot be opened."""
-    if _model_expected(job):
+    """The source opened for the streamed path (the resampler's and the model's), or None for the whole-file path:
+    an MP3 (audio.source_blocks), or the model keeping the input band. Raises `AudioError` for a source that
+    cannot be opened."""
+    if _model_expected(job) and config.keep_input_band():
         return None
     blocks = SourceBlocks(source_path)
     if streams_in_blocks(blocks.subtype):
