@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flashsr_tasks.audio.resample import output_frames
-from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES
+from flashsr_tasks.audio.crossover import CrossoverStream, join_bands
+from flashsr_tasks.audio.reading import read_source
+from flashsr_tasks.audio.resample import output_frames, to_output_rate
+from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES, SourceBlocks
+from flashsr_tasks.enhance.band_keeping import input_band_edge_hz, keep_input_band, kept_band_of
 from flashsr_tasks.enhance.per_file import process_file
 from flashsr_tasks.files.roots import check_root
 from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
@@ -91,6 +94,31 @@ def test_the_input_low_pass_is_per_window_so_it_streams_unchanged():
         be.close()
 
 
+@pytest.mark.parametrize("frames", [0, 1, 1000, 65_535, 65_536, 65_537, 200_000, 300_001])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_streamed_crossover_is_join_bands_to_the_bit(frames, channels):
+    rng = np.random.default_rng(frames + channels)
+    low, high = (rng.standard_normal((frames, channels)).astype(np.float32) for _ in range(2))
+    whole = join_bands(low, high, 2900, 3400, 48000)
+    for step in (777, 24_576, 100_000):
+        crossover = CrossoverStream(2900, 3400, 48000, frames, channels)
+        pieces = [out for s in range(0, frames, step) for out in crossover.push(low[s:s + step], high[s:s + step])]
+        pieces += crossover.finish()
+        got = np.concatenate(pieces) if pieces else np.zeros((0, channels), np.float32)
+        assert got.shape == whole.shape and np.array_equal(got, whole), (step, frames)
+
+
+@pytest.mark.parametrize("rate, seconds", [(8000, 0.2), (16000, 9.0), (44100, 3.0)])
+def test_the_band_edge_from_blocks_is_the_whole_files(tmp_path, rate, seconds):
+    audio = telephone(rate, seconds)[:, None]
+    write(tmp_path / "a.wav", audio, rate, "PCM_16")
+    with SourceBlocks(tmp_path / "a.wav") as blocks:
+        kept, edge = kept_band_of(blocks)
+    source = read_source(tmp_path / "a.wav")
+    assert kept == keep_input_band(source.audio, rate, to_output_rate(source.audio, rate))[1]
+    assert edge == input_band_edge_hz(to_output_rate(source.audio, rate), rate)
+
+
 class WholeOnly:
     """The same model without `stream`: process_file then takes the whole-file path (the reference)."""
 
@@ -121,6 +149,7 @@ def test_process_file_writes_the_whole_paths_bytes(tmp_path, monkeypatch, run, r
     a, b = got["record"], ref["record"]
     for key in ("output_sha256", "gain_db", "duration_s", "channels", "kept_input_band_hz"):
         assert a.get(key) == b.get(key), key
+    assert ((a.get("kept_input_band_hz") or 0) > 2000) == keep_band  # a telephone band: kept below ~2.9 kHz
     if run is loud and not keep_band:  # (keeping the input band, the source's own level stays inside full scale)
         assert a["gain_db"] < 0
     assert (tmp_path / "in" / a["output_path"]).read_bytes() == (tmp_path / "ref" / b["output_path"]).read_bytes()

@@ -8,13 +8,14 @@ the judge's spectrum (its 256 segments of 4096 float64 samples and their FFT) at
 The model's path streams too (model.window_stream): besides the resampler's blocks it holds a few windows of the
 48 kHz input and output (float32, up to three each per channel) and the rows of the batches it has submitted
 (`ahead + 1` batches and the one being filled, at most 3 × `FLASHSR_BATCH_SIZE` rows of a window each, the
-default batch on CUDA counted at its largest, 16), again the same for any length. The model under
-FLASHSR_KEEP_INPUT_BAND (its band edge is measured over the whole file) and an MP3 (the resampler's too, decoded
-whole: audio.source_blocks) hold the whole decoded input and the whole 48 kHz output (float32):
+default batch on CUDA counted at its largest, 16), again the same for any length; FLASHSR_KEEP_INPUT_BAND adds its
+streamed crossover (the band edge's segments, the input waiting for the model's output, an FFT block). An MP3 (the
+resampler's path and the model's, decoded whole: audio.source_blocks) holds the whole decoded input and the whole
+48 kHz output (float32):
 
 - resample: input + output, exactly (10 min of 8 kHz mono: 128 MiB; 40 min: 513 MiB; 10 min of 16 kHz stereo:
   293 MiB); a FLOAT output is written through one more output-sized copy (220 MiB for 10 min of 8 kHz);
-- the model: input + about 2.45 × output (the 48 kHz input, the blended output and its weights; 288 MiB for 10 min
+- the model (an MP3): input + about 2.45 × output (the 48 kHz input, the blended output and its weights; 288 MiB for 10 min
   of 8 kHz mono), + about 2 × output more with FLASHSR_KEEP_INPUT_BAND (490 MiB). The model's weights and its
   batch's activations are the process's, not the file's: they are in the floor (memory_budget).
 
@@ -65,8 +66,9 @@ class Header:
 
 def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> int:
     """The estimated peak memory of enhancing this file, above the process's floor."""
-    if streams_in_blocks(header.subtype) and not (model and keep_input_band):
-        return streamed_need_bytes(header) + (model_windows_bytes(header) if model else 0)
+    if streams_in_blocks(header.subtype):
+        extra = model_windows_bytes(header) + (kept_band_bytes(header) if keep_input_band else 0) if model else 0
+        return streamed_need_bytes(header) + extra
     input_bytes = header.frames * header.channels * FLOAT32
     output_bytes = output_frames(header.frames, header.rate) * header.channels * FLOAT32
     if model:
@@ -90,6 +92,15 @@ def model_windows_bytes(header: Header) -> int:
     windows = MODEL_WINDOW_COPIES * WINDOW * header.channels * FLOAT32
     rows = MODEL_BATCHES_HELD * batch * WINDOW * FLOAT32
     return int(MARGIN * (windows + rows + LOWPASS_ROW_BYTES))
+
+
+def kept_band_bytes(header: Header) -> int:
+    """FLASHSR_KEEP_INPUT_BAND's streamed crossover on top: the band edge's segments at 48 kHz (as the judge's), the
+    48 kHz input waiting for the model's output (a few windows), and one FFT block of the filter (complex128 and
+    float64 copies of 2 × 65,536 frames)."""
+    waiting = MODEL_WINDOW_COPIES * WINDOW * header.channels * FLOAT32
+    fft = 6 * 2 * BLOCK_FRAMES * header.channels * 16
+    return int(MARGIN * (JUDGE_BYTES + waiting + fft))
 
 
 def check_fits(header: Header, need: int, budget: Budget) -> None:

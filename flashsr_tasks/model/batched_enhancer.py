@@ -82,13 +82,14 @@ class BatchedEnhancer:
         self._check(out)
         return out
 
-    def stream(self, rate: int, channels: int, frames: int) -> WindowStream:
+    def stream(self, rate: int, channels: int, frames: int,
+               tap: Optional[Callable[[np.ndarray], None]] = None) -> WindowStream:
         """`enhance` block by block, for a source of `frames` frames (enhance.streaming): the same output, with a
-        few windows of the file in memory rather than the file (model.window_stream)."""
+        few windows of the file in memory rather than the file (model.window_stream). `tap` sees each 48 kHz input piece."""
         batcher = self.batcher
         return WindowStream(lambda rows: batcher.submit(self.prepare_rows(rows)), rate, channels, frames,
                             window=WINDOW, overlap=self.overlap, batch_size=self.batch_size, ahead=self.ahead,
-                            check=self._check)
+                            check=self._check, tap=tap)
 
     def _check(self, out: np.ndarray) -> None:
         if not np.isfinite(out).all():

@@ -24,7 +24,8 @@ class WindowStream:
 
     def __init__(self, submit_batch: SubmitBatch, rate: int, channels: int, frames: int, *, window: int = WINDOW,
                  overlap: int = DEFAULT_OVERLAP, batch_size: int = 1, ahead: int = 1,
-                 check: Optional[Callable[[np.ndarray], None]] = None) -> None:
+                 check: Optional[Callable[[np.ndarray], None]] = None,
+                 tap: Optional[Callable[[np.ndarray], None]] = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self._resample = OutputRateStream(rate, channels, frames)
@@ -35,6 +36,7 @@ class WindowStream:
         self._batch_size = batch_size
         self._ahead = ahead
         self._check = check
+        self._tap = tap  # sees each 48 kHz input piece (enhance.band_keeping keeps the input's band with it)
         self._starts = window_starts(self.target, window, overlap) if self.target and channels else []
         self._ends = [min(s + window, self.target) for s in self._starts]
         self._pieces: list[np.ndarray] = []  # 48 kHz input from `_in_start` on
@@ -76,6 +78,8 @@ class WindowStream:
             yield self._ready.pop(0)
 
     def _take(self, piece: np.ndarray) -> None:
+        if self._tap is not None and piece.shape[0]:
+            self._tap(piece)
         if piece.shape[0]:
             self._pieces.append(piece)
             self._received += piece.shape[0]
