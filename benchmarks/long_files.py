@@ -8,10 +8,14 @@ PCM_16 file low-passed at 4 kHz (selected as band-limited: the judging pass, the
 Prints a table, the peak's growth per minute of input along the calls, and the ratio of the longest call's peak
 to the shortest's. Targets: the 600-minute call within 1.25x the 10-minute call's peak, under 300 MiB.
 
+`--model` instead: the model's path (streamed, model.window_stream) with a stand-in network (each row × 0.9,
+batches of 4), in-process: `process_file` in a fresh child per file, whose peak is its own VmHWM; 8 kHz mono
+calls of 1 and 60 minutes by default. Target: the longest call within 1.25x the shortest's peak.
+
 `--quick` (the test suite's): the same ratios at a twentieth of the lengths. The code measured is whatever
 `flashsr-enhance` imports (PYTHONPATH decides which checkout).
 
-    python benchmarks/long_files.py [--quick] [--minutes 10 60] [--no-stereo]
+    python benchmarks/long_files.py [--quick] [--minutes 10 60] [--no-stereo] [--model]
 """
 from __future__ import annotations
 
@@ -122,20 +126,65 @@ def one(kind: str, minutes: float) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+MODEL_MINUTES = (1, 60)
+
+
+def model_child(folder: Path) -> None:
+    """In a fresh process: the call in `folder` through the model's path with a stand-in network; prints JSON."""
+    import json
+
+    from flashsr_tasks.enhance.per_file import process_file
+    from flashsr_tasks.files.roots import check_root
+    from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
+    from flashsr_tasks.runs.job import Job
+
+    model = BatchedEnhancer(lambda rows: rows * np.float32(0.9), batch_size=4, model="stand-in", device="cpu",
+                            max_wait_s=0.0)
+    started = time.perf_counter()
+    outcome = process_file(check_root(folder), "call.wav", Job(root=str(folder), device="cpu"), lambda: model)
+    wall = time.perf_counter() - started
+    model.close()
+    if outcome["outcome"] != "enhanced":
+        raise SystemExit(f"not enhanced: {outcome}")
+    status = Path("/proc/self/status").read_text()
+    peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024
+    print(json.dumps({"peak_mib": peak / 2**20, "wall_s": wall}))
+
+
+def one_model(minutes: float) -> dict[str, Any]:
+    import json
+
+    folder = Path(tempfile.mkdtemp(prefix="flashsr-long-model-"))
+    try:
+        write_call(folder / "call.wav", minutes)
+        done = subprocess.run([sys.executable, __file__, "--model-child", str(folder)], capture_output=True,
+                              text=True, check=True)
+        return {"kind": "model", "minutes": minutes, **json.loads(done.stdout.strip().splitlines()[-1])}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"lengths divided by {QUICK_DIVISOR}")
     parser.add_argument("--minutes", type=float, nargs="+", help="the calls' lengths (default 10 60 180 600)")
     parser.add_argument("--no-stereo", action="store_true", help="leave out the 44.1 kHz stereo file")
+    parser.add_argument("--model", action="store_true", help="the model's path with a stand-in network, in-process")
+    parser.add_argument("--model-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.model_child:
+        model_child(args.model_child)
+        return 0
     divisor = QUICK_DIVISOR if args.quick else 1
-    calls = [m / divisor for m in (args.minutes or CALL_MINUTES)]
-    rows = [one("call", m) for m in calls]
-    if not args.no_stereo:
+    calls = [m / divisor for m in (args.minutes or (MODEL_MINUTES if args.model else CALL_MINUTES))]
+    rows = [one_model(m) if args.model else one("call", m) for m in calls]
+    if not args.no_stereo and not args.model:
         rows.append(one("band_limited", STEREO_MINUTES / divisor))
     print("| file | minutes | peak RSS, process tree | wall | audio / wall |\n|---|---|---|---|---|")
+    labels = {"call": "8 kHz mono call", "model": "8 kHz mono call, model path (stand-in)",
+              "band_limited": "44.1 kHz stereo, low-passed at 4 kHz"}
     for r in rows:
-        label = "8 kHz mono call" if r["kind"] == "call" else "44.1 kHz stereo, low-passed at 4 kHz"
+        label = labels[r["kind"]]
         print(f"| {label} | {r['minutes']:g} | {r['peak_mib']:.0f} MiB | {r['wall_s']:.1f} s | "
               f"{r['minutes'] * 60 / r['wall_s']:.0f}x |")
     first, last = rows[0], rows[len(calls) - 1]

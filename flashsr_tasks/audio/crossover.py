@@ -65,3 +65,79 @@ def _filtered(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
         end = start + len(block) + len(taps) - 1
         full[start:end] += out[:len(block) + len(taps) - 1].astype(np.float32)
     return full[half:half + frames]
+
+
+class CrossoverStream:
+    """`join_bands` of two signals that arrive piece by piece, in step: the same samples to the bit.
+
+    The FIR runs over the same blocks of `_BLOCK` frames from the start, with the same FFTs, added into the same
+    float32 sums in the same order; an output sample leaves once no later block reaches it (half the filter's
+    length past it). Memory: a block of each signal and the filter's tail, whatever the length. `frames` is the
+    signals' length, known from the start."""
+
+    def __init__(self, pass_below_hz: float, stop_above_hz: float, rate: int, frames: int, channels: int) -> None:
+        self._taps = lowpass_taps(float(pass_below_hz), float(stop_above_hz), rate)
+        self._half = (len(self._taps) - 1) // 2
+        self._nfft = 1 << int(np.ceil(np.log2(_BLOCK + len(self._taps) - 1)))
+        self._response = np.fft.rfft(self._taps, self._nfft)[:, None]
+        self._frames = frames
+        self._channels = channels
+        self._diff: list[np.ndarray] = []  # low − high, from `_block_start` on, not yet filtered
+        self._diff_frames = 0
+        self._block_start = 0
+        self._high: list[np.ndarray] = []  # high, from `_emitted` on
+        self._acc = np.zeros((0, channels), np.float32)  # the filter's sums, from full position `_acc_start`
+        self._acc_start = 0
+        self._emitted = 0
+
+    def push(self, low: np.ndarray, high: np.ndarray) -> list[np.ndarray]:
+        """Take the next frames of both signals (the same count); the output they complete."""
+        if low.shape != high.shape:
+            raise ValueError(f"the two bands differ in shape: {low.shape} and {high.shape}")
+        if low.shape[0]:
+            self._diff.append(np.subtract(low, high, dtype=np.float32))
+            self._diff_frames += low.shape[0]
+            self._high.append(high)
+        out: list[np.ndarray] = []
+        while self._diff_frames >= _BLOCK:
+            self._filter_block(_BLOCK)
+            out += self._emit(self._block_start - self._half)
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        """The rest, once all `frames` frames have been pushed."""
+        if self._diff_frames:
+            self._filter_block(self._diff_frames)
+        return self._emit(self._frames)
+
+    def _filter_block(self, length: int) -> None:
+        x = np.concatenate(self._diff) if len(self._diff) != 1 else self._diff[0]
+        block, rest = x[:length], x[length:]
+        self._diff, self._diff_frames = ([rest] if rest.shape[0] else []), rest.shape[0]
+        reach = length + len(self._taps) - 1
+        out = np.fft.irfft(np.fft.rfft(block, self._nfft, axis=0) * self._response, self._nfft, axis=0)
+        start = self._block_start - self._acc_start
+        if start + reach > self._acc.shape[0]:
+            grown = np.zeros((start + reach, self._channels), np.float32)
+            grown[:self._acc.shape[0]] = self._acc
+            self._acc = grown
+        self._acc[start:start + reach] += out[:reach].astype(np.float32)
+        self._block_start += length
+
+    def _emit(self, upto: int) -> list[np.ndarray]:
+        """The output before `upto` (output positions; full position = output + half)."""
+        upto = min(upto, self._frames)
+        count = upto - self._emitted
+        if count <= 0:
+            return []
+        begin = self._emitted + self._half - self._acc_start
+        filtered = self._acc[begin:begin + count]
+        high = np.concatenate(self._high) if len(self._high) != 1 else self._high[0]
+        self._high = [high[count:]] if high.shape[0] > count else []
+        joined = np.add(filtered, high[:count], dtype=np.float32)
+        self._emitted = upto
+        # the sums before the next output's full position are no longer needed
+        drop = self._emitted + self._half - self._acc_start
+        self._acc = self._acc[drop:].copy() if drop < self._acc.shape[0] else np.zeros((0, self._channels), np.float32)
+        self._acc_start += drop
+        return [joined]

@@ -5,12 +5,17 @@ of the block size, the channels and the rate, whatever the length. Measured peak
 (`benchmarks/memory_need.py`, docs/workers.md, "Memory"): a few MiB for 8-16 kHz mono and stereo of any length,
 the judge's spectrum (its 256 segments of 4096 float64 samples and their FFT) at 32 kHz and above.
 
-The model's path (and the resampler's for an MP3, which is decoded whole: audio.source_blocks) holds the whole
-decoded input and the whole 48 kHz output (float32):
+The model's path streams too (model.window_stream): besides the resampler's blocks it holds a few windows of the
+48 kHz input and output (float32, up to three each per channel) and the rows of the batches it has submitted
+(`ahead + 1` batches and the one being filled, at most 3 × `FLASHSR_BATCH_SIZE` rows of a window each, the
+default batch on CUDA counted at its largest, 16), again the same for any length; FLASHSR_KEEP_INPUT_BAND adds its
+streamed crossover (the band edge's segments, the input waiting for the model's output, an FFT block). An MP3 (the
+resampler's path and the model's, decoded whole: audio.source_blocks) holds the whole decoded input and the whole
+48 kHz output (float32):
 
 - resample: input + output, exactly (10 min of 8 kHz mono: 128 MiB; 40 min: 513 MiB; 10 min of 16 kHz stereo:
   293 MiB); a FLOAT output is written through one more output-sized copy (220 MiB for 10 min of 8 kHz);
-- the model: input + about 2.45 × output (the 48 kHz input, the blended output and its weights; 288 MiB for 10 min
+- the model (an MP3): input + about 2.45 × output (the 48 kHz input, the blended output and its weights; 288 MiB for 10 min
   of 8 kHz mono), + about 2 × output more with FLASHSR_KEEP_INPUT_BAND (490 MiB). The model's weights and its
   batch's activations are the process's, not the file's: they are in the floor (memory_budget).
 
@@ -20,10 +25,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flashsr_tasks import config
 from flashsr_tasks.audio.errors import AudioError
 from flashsr_tasks.audio.resample import OUTPUT_RATE, output_frames
 from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES, streams_in_blocks
 from flashsr_tasks.enhance.memory_budget import Budget
+from flashsr_tasks.model.windows import WINDOW
 
 FLOAT32 = 4
 MARGIN = 1.15
@@ -36,6 +43,13 @@ KEEP_BAND_OUTPUT_COPIES = 2.0
 STREAMED_INPUT_BYTES = 4 + 8
 STREAMED_OUTPUT_COPIES = 3
 JUDGE_BYTES = 256 * 4096 * 24 + 256 * 2049 * 8
+# The streamed model's windows: the input held from the next window's start and its joined copy, the output held
+# from the oldest unblended window's start and its grown copy (3 windows each, per channel); the rows in flight
+# (3 batches); one row's input low-pass in float64 (its filtered and resampled copies: about 6 × 8 bytes).
+MODEL_WINDOW_COPIES = 6
+MODEL_BATCHES_HELD = 3
+LOWPASS_ROW_BYTES = 6 * 8 * WINDOW
+MAX_DEFAULT_BATCH = 16  # model.gpu_memory's largest default batch on CUDA (that module imports torch)
 
 
 class TooLarge(AudioError):
@@ -52,8 +66,9 @@ class Header:
 
 def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> int:
     """The estimated peak memory of enhancing this file, above the process's floor."""
-    if not model and streams_in_blocks(header.subtype):
-        return streamed_need_bytes(header)
+    if streams_in_blocks(header.subtype):
+        extra = model_windows_bytes(header) + (kept_band_bytes(header) if keep_input_band else 0) if model else 0
+        return streamed_need_bytes(header) + extra
     input_bytes = header.frames * header.channels * FLOAT32
     output_bytes = output_frames(header.frames, header.rate) * header.channels * FLOAT32
     if model:
@@ -69,6 +84,23 @@ def streamed_need_bytes(header: Header) -> int:
     block_out = (BLOCK_FRAMES * OUTPUT_RATE // max(1, header.rate) + 1) * header.channels * FLOAT32
     judge = JUDGE_BYTES if header.rate >= 32000 else 0
     return int(MARGIN * (block_in + STREAMED_OUTPUT_COPIES * block_out + judge)) + OVERHEAD
+
+
+def model_windows_bytes(header: Header) -> int:
+    """What the streamed model path holds on top of the resampler's blocks: windows and batches, not the file."""
+    batch = config.explicit_batch_size() or MAX_DEFAULT_BATCH
+    windows = MODEL_WINDOW_COPIES * WINDOW * header.channels * FLOAT32
+    rows = MODEL_BATCHES_HELD * batch * WINDOW * FLOAT32
+    return int(MARGIN * (windows + rows + LOWPASS_ROW_BYTES))
+
+
+def kept_band_bytes(header: Header) -> int:
+    """FLASHSR_KEEP_INPUT_BAND's streamed crossover on top: the band edge's segments at 48 kHz (as the judge's), the
+    48 kHz input waiting for the model's output (a few windows), and one FFT block of the filter (complex128 and
+    float64 copies of 2 × 65,536 frames)."""
+    waiting = MODEL_WINDOW_COPIES * WINDOW * header.channels * FLOAT32
+    fft = 6 * 2 * BLOCK_FRAMES * header.channels * 16
+    return int(MARGIN * (JUDGE_BYTES + waiting + fft))
 
 
 def check_fits(header: Header, need: int, budget: Budget) -> None:

@@ -21,11 +21,11 @@ from flashsr_tasks.audio.resample import OUTPUT_RATE
 from flashsr_tasks.audio.source_blocks import SourceBlocks, streams_in_blocks
 from flashsr_tasks.audio.writing import fit_full_scale, output_subtype, peak_of, write_output
 from flashsr_tasks.enhance import memory_budget
-from flashsr_tasks.enhance.band_keeping import keep_input_band
+from flashsr_tasks.enhance.band_keeping import KeptBandStream, keep_input_band, kept_band_of
 from flashsr_tasks.enhance.enhancers import Enhancer, fallback_reason, wants_model
 from flashsr_tasks.enhance.memory_need import Header, check_fits, need_bytes
 from flashsr_tasks.enhance.selection import judge
-from flashsr_tasks.enhance.streaming import judge_blocks, write_streamed
+from flashsr_tasks.enhance.streaming import BlockStream, judge_blocks, write_streamed
 from flashsr_tasks.files.disk_full import RECORD_REASON, is_disk_full
 from flashsr_tasks.files.hashing import sha256_of
 from flashsr_tasks.files.naming import output_owner, output_path_for, relative_posix
@@ -94,14 +94,11 @@ def process_file(
                 input_: Input = blocks
                 stream = getattr(enhancer, "stream", None)
                 if stream is not None:
-                    streamed = write_streamed(blocks, output_path, subtype,
-                                              lambda frames: stream(blocks.rate, blocks.channels, frames),
-                                              enhancer.method)
-                    written = Output(streamed.frames, blocks.channels, streamed.gain, streamed.sha256)
-                else:  # an enhancer without a block stream (a model under a cpu job, a test's stand-in)
+                    written = _enhance_streamed(blocks, enhancer, stream, output_path, subtype)
+                else:  # an enhancer without a block stream (a test's stand-in)
                     src = read_source(source_path)
                     written = _enhance_whole(src, enhancer, output_path, subtype)
-        else:  # the model (its windows do not stream yet) or an MP3: the whole file in memory
+        else:  # an MP3: the whole file in memory
             _refuse_what_cannot_fit(header_of(source_path), job)  # None: read_source says why it cannot be read
             src = read_source(source_path)
             reason, band_edge = judge(src.audio, src.rate, force=job.force)
@@ -149,16 +146,14 @@ def process_file(
 
 
 def _model_expected(job: Job) -> bool:
-    """Whether this process will enhance with the model (whose path holds the whole file), as far as can be known
-    before it is loaded; a model that then falls back to resampling runs the whole-file path, same output."""
+    """Whether this process will enhance with the model, as far as can be known before it is loaded; a model that
+    then falls back to resampling gives the resampler's output, whichever path it takes."""
     return wants_model(job.device, job.model_dir) and fallback_reason() is None
 
 
 def _open_in_blocks(source_path: Path, job: Job) -> Optional[SourceBlocks]:
-    """The source opened for the streamed path, or None for the whole-file path: the model, or an MP3
-    (audio.source_blocks). Raises `AudioError` for a source that cannot be opened."""
-    if _model_expected(job):
-        return None
+    """The source opened for the streamed path (the resampler's and the model's), or None for the whole-file path
+    of an MP3 (audio.source_blocks). Raises `AudioError` for a source that cannot be opened."""
     blocks = SourceBlocks(source_path)
     if streams_in_blocks(blocks.subtype):
         return blocks
@@ -195,6 +190,23 @@ class Output:
     gain: float
     sha256: str
     kept_input_band_hz: Optional[int] = None  # FLASHSR_KEEP_INPUT_BAND's crossover, with the model
+
+
+def _enhance_streamed(blocks: SourceBlocks, enhancer: Enhancer, stream: Callable[..., BlockStream],
+                      output_path: Path, subtype: str) -> Output:
+    """The streamed path (enhance.streaming): the enhancer's block stream, and for the model under
+    FLASHSR_KEEP_INPUT_BAND the input's band joined in by a streamed crossover after one more pass that finds
+    the band edge (enhance.band_keeping)."""
+    rate, channels = blocks.rate, blocks.channels
+    stream_for: Callable[[int], BlockStream] = lambda frames: stream(rate, channels, frames)  # noqa: E731
+    kept = None
+    if enhancer.method == "flashsr" and config.keep_input_band():
+        kept, edge = kept_band_of(blocks)
+        if kept > 0:
+            stream_for = lambda frames: KeptBandStream(  # noqa: E731
+                lambda tap: stream(rate, channels, frames, tap=tap), channels, kept, edge)
+    streamed = write_streamed(blocks, output_path, subtype, stream_for, enhancer.method)
+    return Output(streamed.frames, channels, streamed.gain, streamed.sha256, kept)
 
 
 def _enhance_whole(src: Source, enhancer: Enhancer, output_path: Path, subtype: str) -> Output:

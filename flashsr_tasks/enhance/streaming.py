@@ -109,6 +109,9 @@ def _one_pass(source: SourceBlocks, stream: BlockStream, tmp: Path, container: s
     finally:
         if writer is not None:
             writer.abandon()
+        close = getattr(stream, "close", None)  # the model's: windows still queued are not wanted
+        if close is not None:
+            close()
 
 
 def _put(out: np.ndarray, peak: float, gain: float, writer: Optional[BlockWriter]

@@ -15,6 +15,7 @@ import numpy as np
 from flashsr_tasks import config
 from flashsr_tasks.audio.resample import to_output_rate
 from flashsr_tasks.model.batcher import Batcher, BatcherStats, RunBatch, TooBig
+from flashsr_tasks.model.window_stream import WindowStream
 from flashsr_tasks.model.windows import DEFAULT_OVERLAP, WINDOW, apply_windowed_async
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,15 @@ class BatchedEnhancer:
                                    self.overlap, self.batch_size, ahead=self.ahead)
         self._check(out)
         return out
+
+    def stream(self, rate: int, channels: int, frames: int,
+               tap: Optional[Callable[[np.ndarray], None]] = None) -> WindowStream:
+        """`enhance` block by block, for a source of `frames` frames (enhance.streaming): the same output, with a
+        few windows of the file in memory rather than the file (model.window_stream). `tap` sees each 48 kHz input piece."""
+        batcher = self.batcher
+        return WindowStream(lambda rows: batcher.submit(self.prepare_rows(rows)), rate, channels, frames,
+                            window=WINDOW, overlap=self.overlap, batch_size=self.batch_size, ahead=self.ahead,
+                            check=self._check, tap=tap)
 
     def _check(self, out: np.ndarray) -> None:
         if not np.isfinite(out).all():
