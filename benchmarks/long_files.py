@@ -12,10 +12,16 @@ to the shortest's. Targets: the 600-minute call within 1.25x the 10-minute call'
 batches of 4), in-process: `process_file` in a fresh child per file, whose peak is its own VmHWM; 8 kHz mono
 calls of 1 and 60 minutes by default. Target: the longest call within 1.25x the shortest's peak.
 
+`--worker cpu`: the calls through a real `celery worker -Q cpu -c 1` on a private redis-server instead; the
+peak is the worker's process tree (its main process and its pool process). `--worker gpu`: the model's path
+on a real gpu worker of the threads pool with 8 files in flight (`-c 8`), its model a stand-in
+(SIMULATED: benchmarks/simulated_gpu_app.py, each pass returns its rows), 8 calls of each length at once;
+calls of 1 and 60 minutes by default.
+
 `--quick` (the test suite's): the same ratios at a twentieth of the lengths. The code measured is whatever
 `flashsr-enhance` imports (PYTHONPATH decides which checkout).
 
-    python benchmarks/long_files.py [--quick] [--minutes 10 60] [--no-stereo] [--model]
+    python benchmarks/long_files.py [--quick] [--minutes 10 60] [--no-stereo] [--model] [--worker cpu|gpu]
 """
 from __future__ import annotations
 
@@ -164,24 +170,93 @@ def one_model(minutes: float) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+GPU_IN_FLIGHT = 8
+
+
+def one_on_worker(queue: str, minutes: float) -> dict[str, Any]:
+    """The call(s) through a real worker on a private redis-server: the worker's process tree's peak."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.services import free_port, kill_tree, start_redis, stop_process, worker_env
+
+    folder = Path(tempfile.mkdtemp(prefix="flashsr-long-worker-"))
+    server = start_redis(folder / "redis")
+    worker = None
+    try:
+        stage = folder / "stage"
+        stage.mkdir()
+        count = GPU_IN_FLIGHT if queue == "gpu" else 1
+        for i in range(count):
+            write_call(stage / f"call_{i}.wav", minutes)
+        env = worker_env(server.url, FLASHSR_SIMULATE_MS="0", HF_HUB_OFFLINE="1")
+        app, cwd = ("simulated_gpu_app", Path(__file__).parent) if queue == "gpu" else ("flashsr_tasks", None)
+        extra = ["--pool", "threads"] if queue == "gpu" else []
+        log = open(folder / "worker.log", "wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-n", f"long-{free_port()}@localhost",
+             "--concurrency", str(count), "--without-gossip", "--without-mingle", *extra],
+            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while b"worker ready" not in (folder / "worker.log").read_bytes():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit((folder / "worker.log").read_text()[-3000:])
+            time.sleep(0.1)
+        root = psutil.Process(worker.pid)
+        peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss(root))
+                time.sleep(SAMPLE_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        command = flashsr_command() + ["--input", str(stage), "--device", "cuda" if queue == "gpu" else "cpu",
+                                       "--broker", server.url, "--quiet"]
+        run = subprocess.run(command, env={k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_")},
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
+        if run.returncode != 0 or len(list(stage.glob("*_flashsr.wav"))) != count:
+            raise SystemExit(f"the run failed ({run.returncode}):\n{run.stderr[-3000:]}")
+        return {"kind": f"worker-{queue}", "minutes": minutes, "peak_mib": peak / 2**20, "wall_s": wall / count}
+    finally:
+        if worker is not None:
+            stop_process(worker)
+            kill_tree(worker.pid)
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"lengths divided by {QUICK_DIVISOR}")
     parser.add_argument("--minutes", type=float, nargs="+", help="the calls' lengths (default 10 60 180 600)")
     parser.add_argument("--no-stereo", action="store_true", help="leave out the 44.1 kHz stereo file")
     parser.add_argument("--model", action="store_true", help="the model's path with a stand-in network, in-process")
+    parser.add_argument("--worker", choices=("cpu", "gpu"),
+                        help="through a real worker: cpu (resample) or gpu (threads pool, 8 in flight, stand-in model)")
     parser.add_argument("--model-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.model_child:
         model_child(args.model_child)
         return 0
     divisor = QUICK_DIVISOR if args.quick else 1
-    calls = [m / divisor for m in (args.minutes or (MODEL_MINUTES if args.model else CALL_MINUTES))]
-    rows = [one_model(m) if args.model else one("call", m) for m in calls]
-    if not args.no_stereo and not args.model:
+    defaults = MODEL_MINUTES if args.model or args.worker == "gpu" else CALL_MINUTES
+    calls = [m / divisor for m in (args.minutes or defaults)]
+    if args.worker:
+        rows = [one_on_worker(args.worker, m) for m in calls]
+    else:
+        rows = [one_model(m) if args.model else one("call", m) for m in calls]
+    if not args.no_stereo and not args.model and not args.worker:
         rows.append(one("band_limited", STEREO_MINUTES / divisor))
     print("| file | minutes | peak RSS, process tree | wall | audio / wall |\n|---|---|---|---|---|")
     labels = {"call": "8 kHz mono call", "model": "8 kHz mono call, model path (stand-in)",
+              "worker-cpu": "8 kHz mono call, through a cpu worker (-c 1)",
+              "worker-gpu": f"{GPU_IN_FLIGHT} 8 kHz mono calls at once, gpu worker (threads, -c {GPU_IN_FLIGHT}, stand-in)",
               "band_limited": "44.1 kHz stereo, low-passed at 4 kHz"}
     for r in rows:
         label = labels[r["kind"]]
