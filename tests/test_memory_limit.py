@@ -219,7 +219,7 @@ def test_a_file_that_cannot_fit_is_refused_in_one_sentence(tmp_path, monkeypatch
     assert record["status"] == "failed"
     assert record["error"].startswith("long.mp3 needs about 3")
     assert "(20 min of 8 kHz mono) but the worker has" in record["error"]
-    assert re.search(r"\(FLASHSR_MEMORY_LIMIT \d+ MiB\); give the worker more memory or split the file\.$", record["error"])
+    assert re.search(r"\(FLASHSR_MEMORY_LIMIT [\d.]+ [MG]iB\); give the worker more memory or split the file\.$", record["error"])
     assert record["error"].count(". ") == 0 and "\n" not in record["error"]
     assert record["input_sample_rate"] == 8000 and record["channels"] == 1 and record["input_sha256"]
     assert not (tmp_path / "long_flashsr.wav").exists()
