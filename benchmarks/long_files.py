@@ -88,31 +88,40 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
+class PeakSampler:
+    """The peak resident memory of a process tree, sampled every 20 ms in a thread until `stop`."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.peak = max(self.peak, tree_rss(self.root))
+            except psutil.Error:  # the process ended
+                return
+            time.sleep(SAMPLE_S)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
 def measure(folder: Path) -> dict[str, float]:
     """Run flashsr-enhance on `folder`: the process tree's peak RSS (sampled every 20 ms) and the wall time."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_BROKER")}
     command = flashsr_command() + ["--input", str(folder), "--device", "cpu", "--processes", "1", "--quiet"]
     started = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root = psutil.Process(child.pid)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                peak = max(peak, tree_rss(root))
-            except psutil.Error:
-                return
-            time.sleep(SAMPLE_S)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler = PeakSampler(child.pid)
     _, stderr = child.communicate()
     wall = time.perf_counter() - started
-    done.set()
-    sampler.join()
+    peak = sampler.stop()
     if child.returncode != 0:
         raise SystemExit(f"flashsr-enhance exited with {child.returncode}:\n{stderr.decode()[-3000:]}")
     return {"peak_mib": peak / 2**20, "wall_s": wall}
@@ -200,26 +209,14 @@ def one_on_worker(queue: str, minutes: float) -> dict[str, Any]:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit((folder / "worker.log").read_text()[-3000:])
             time.sleep(0.1)
-        root = psutil.Process(worker.pid)
-        peak = 0
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, tree_rss(root))
-                time.sleep(SAMPLE_S)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        sampler = PeakSampler(worker.pid)
         started = time.perf_counter()
         command = flashsr_command() + ["--input", str(stage), "--device", "cuda" if queue == "gpu" else "cpu",
                                        "--broker", server.url, "--quiet"]
         run = subprocess.run(command, env={k: v for k, v in os.environ.items() if not k.startswith("FLASHSR_")},
                              capture_output=True, text=True)
         wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
+        peak = sampler.stop()
         if run.returncode != 0 or len(list(stage.glob("*_flashsr.wav"))) != count:
             raise SystemExit(f"the run failed ({run.returncode}):\n{run.stderr[-3000:]}")
         return {"kind": f"worker-{queue}", "minutes": minutes, "peak_mib": peak / 2**20, "wall_s": wall / count}
