@@ -11,17 +11,15 @@ queued behind it are sent again without counting. The run goes on.
 from __future__ import annotations
 
 import collections
-import ctypes
 import multiprocessing
-import signal
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
+from flashsr_tasks.in_process.child_process import start_child
 from flashsr_tasks.manifest.records import Outcome
 from flashsr_tasks.runs.job import Job
 from flashsr_tasks.runs.planning import Todo
-from flashsr_tasks.worker.memory import be_the_oom_victim, keep_freed_memory
 
 # Files queued at each process beyond the one it is on: the next is in its pipe when it finishes.
 _AHEAD = 2
@@ -156,12 +154,7 @@ def _serve(conn: Connection, root: str, job_data: dict[str, Any], stop: Any) -> 
     from flashsr_tasks.enhance.enhancers import Resampler
     from flashsr_tasks.enhance.per_file import process_file
 
-    _die_with_parent()
-    # Ctrl-C reaches the whole process group: the supervisor alone handles it, by setting `stop`.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
-    keep_freed_memory()
-    be_the_oom_victim()
+    start_child()
     job = Job.from_dict(job_data)
     while not stop.is_set():
         try:
@@ -172,15 +165,3 @@ def _serve(conn: Connection, root: str, job_data: dict[str, Any], stop: Any) -> 
             return  # the run is stopping: what is queued is left for the next run
         conn.send(process_file(Path(root), source, job, Resampler, known_sha256))
 
-
-def _exit_quietly(_signum: int, _frame: Any) -> None:
-    raise SystemExit(0)  # unwinds: a write in progress removes its temporary file
-
-
-def _die_with_parent() -> None:
-    """A supervisor killed with SIGKILL cannot stop its processes; without this they would wait
-    on their pipes forever. Linux only; elsewhere a no-op."""
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
