@@ -6,7 +6,8 @@ Corpora (written to a temporary folder): 400 three-second 16 kHz clips, and 10 t
   today      `process_file` on one file after another, the model called as soon as a file's
              batch is cut (no waiting, nothing in flight), with the library's own input
              low-pass (`UtilAudioLowPassFilter`, as before this change);
-  pipeline   `pipelined_outcomes`: up to `--in-flight` files at once in threads, their windows
+  pipeline   up to `--in-flight` files at once in threads (as the in-process model's process and a
+             threads-pool gpu worker run them), their windows
              gathered into batches of up to `--batch-size` rows across files by the batcher
              (waiting at most `--wait-ms` for a batch to fill), with `flashsr_tasks.model.lowpass`.
 
@@ -39,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -48,14 +50,11 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer  # noqa: E402
 from flashsr_tasks.enhance.per_file import process_file
 from flashsr_tasks.files.roots import check_root  # noqa: E402
-from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes  # noqa: E402
 from flashsr_tasks.model.batched_enhancer import BatchedEnhancer  # noqa: E402
 from flashsr_tasks.model.lowpass import lowpass_rows  # noqa: E402
 from flashsr_tasks.runs.job import Job  # noqa: E402
-from flashsr_tasks.runs.planning import Todo  # noqa: E402
 
 CORPORA = {  # name: (files, seconds, rate)
     "clips": (400, 3.0, 16000),
@@ -152,8 +151,8 @@ def run(corpus: str, path: str, root: Path, sources: list[str], make_enhancer: C
     if path == "today":
         outcomes = [process_file(checked, s, job, lambda: enhancer) for s in sources]
     else:
-        todos = iter([Todo(source, None) for source in sources])
-        outcomes = list(pipelined_outcomes(checked, todos, job, LazyEnhancer(lambda: enhancer), in_flight))
+        with ThreadPoolExecutor(in_flight, thread_name_prefix="flashsr-file") as threads:
+            outcomes = list(threads.map(lambda s: process_file(checked, s, job, lambda: enhancer), sources))
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
     stats = enhancer.stats

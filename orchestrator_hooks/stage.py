@@ -223,10 +223,12 @@ def add_flashsr_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _preload_if_required(device: str, model_dir: Optional[str]) -> None:
     from flashsr_tasks.config import require_model
-    from flashsr_tasks.enhance.enhancers import preload_model, wants_model
+    from flashsr_tasks.enhance.enhancers import wants_model
 
     if wants_model(device, model_dir) and require_model():
-        preload_model(device, model_dir)
+        from flashsr_tasks.in_process.model_process import preload
+
+        preload(device, model_dir)  # the model's child process, loaded; the run takes it
 
 
 def _fallback_reason(distributed: bool) -> str:

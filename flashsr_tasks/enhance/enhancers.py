@@ -59,7 +59,6 @@ def wants_model(device: str, model_dir: Optional[str]) -> bool:
 
 _fallback_warned = False
 _fallback_reason: Optional[str] = None
-_preloaded: dict[tuple[str, Optional[str]], Enhancer] = {}
 
 
 def fallback_reason() -> Optional[str]:
@@ -67,10 +66,11 @@ def fallback_reason() -> Optional[str]:
     return _fallback_reason
 
 
-def preload_model(device: str, model_dir: Optional[str]) -> None:
-    """Load the model now, before a run writes anything (strict mode), for `load_enhancer` to hand
-    out later; raises `ModelRequired` when it cannot run."""
-    _preloaded[(device, model_dir)] = load_enhancer(device, model_dir)
+def note_fallback(reason: Optional[str]) -> None:
+    """Record why the model was not run where another process found out (the in-process model's child
+    process, which has said so in the log already)."""
+    global _fallback_reason
+    _fallback_reason = reason
 
 
 def load_enhancer(device: str = "cuda", model_dir: Optional[str] = None) -> Enhancer:
@@ -78,8 +78,6 @@ def load_enhancer(device: str = "cuda", model_dir: Optional[str] = None) -> Enha
     Under FLASHSR_REQUIRE_MODEL=1 a wanted model that cannot run (no GPU for a cuda device
     included) raises `ModelRequired` instead."""
     global _fallback_warned, _fallback_reason
-    if (device, model_dir) in _preloaded:
-        return _preloaded.pop((device, model_dir))
     if not wants_model(device, model_dir):
         return Resampler()
     from flashsr_tasks.config import require_model

@@ -2,7 +2,8 @@
 
 The resampler is cheap and CPU-bound, so it fans out over every core, in pool processes
 (in_process.file_pool) where a death takes only its own file; the model is large and owns its
-device, so it runs in this process, its files pipelined through one batcher.
+device, so it runs in one child process (in_process.model_process), its files pipelined through
+one batcher.
 
 Sources stream in and outcomes stream out: a few files per process are in flight, whatever the
 run's length. Records are appended to the root's journal as they arrive, so a run killed at any
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Iterator, Mapping, Optional, Union
 
 from flashsr_tasks import config
-from flashsr_tasks.enhance.lazy_enhancer import LazyEnhancer
 from flashsr_tasks.files.disk_full import DiskFull, is_disk_full
 from flashsr_tasks.in_process.file_pool import FilePool
 from flashsr_tasks.manifest.records import Outcome, records_of
@@ -64,6 +64,9 @@ def run_in_process(
         # the generator is collected: after this process exits they would be SIGKILLed mid-write.
         produced.close()
         journal.flush_if_room()  # Ctrl-C or an error too: what finished is journaled
+        from flashsr_tasks.in_process.model_process import discard_preloaded
+
+        discard_preloaded()  # strict mode's, when no file needed it
 
 
 class _Journal:
@@ -116,16 +119,25 @@ def _outcomes(root: Path, work: Iterator[Union[Todo, Outcome]], job: Job, proces
         return  # everything was skipped: nothing to load, not even numpy
     # Imported only now, for the same reason.
     from flashsr_tasks.enhance import memory_budget
-    from flashsr_tasks.enhance.enhancers import load_enhancer, wants_model
+    from flashsr_tasks.enhance.enhancers import note_fallback, wants_model
 
     todos: Iterator[Union[Todo, Outcome]] = itertools.chain(first, work)
     if wants_model(job.device, job.model_dir):
-        # The model is loaded at the first file that needs it; files share its batches (pipelined).
-        model = LazyEnhancer(lambda: load_enhancer(job.device, job.model_dir))
-        from flashsr_tasks.in_process.files_in_flight import pipelined_outcomes
+        # One child process holds the model; files share its batches (pipelined). A death there takes that
+        # process, not the run: its files are tried again (in_process.model_process).
+        from flashsr_tasks.in_process.model_process import model_process_for
 
-        memory_budget.share_among(1, config.files_in_flight())  # one process, its files in threads
-        yield from ([outcome] for outcome in pipelined_outcomes(root, todos, job, model))
+        model = model_process_for(job.device, job.model_dir)
+        if model.runs_model:
+            try:
+                yield from ([outcome] for outcome in model.outcomes(root, job, todos))
+            except BaseException:
+                model.close(salvage)  # Ctrl-C: the files it holds finish and are journaled
+                raise
+            todos = itertools.chain(model.leftover(), todos)
+        model.close()
+        if not model.runs_model:
+            note_fallback(model.fallback_reason)
         # the model could not load: the rest is resampling, which a pool does best
     first = []
     yield from _skips_until(todos, processes, first)
