@@ -41,9 +41,11 @@ VISIBILITY_MARGIN_S = 300
 DEFAULT_SHUTDOWN_GRACE_S = 20
 # A file whose work kills its process is run at most this many times in all. A death that is not
 # the file's doing (a host lost once) still gets a second run; three deaths on one file are its
-# own. A hand-back on SIGTERM (preemption) is not a death and never counts. RabbitMQ's quorum
-# queues drop a message after 20 deliveries: keep FLASHSR_MAX_ATTEMPTS under that.
+# own. A hand-back on SIGTERM (preemption) is not a death and never counts.
 DEFAULT_MAX_ATTEMPTS = 3
+# RabbitMQ's quorum queues drop a message delivered this many times (RabbitMQ 4's default delivery limit):
+# a file must be failed by its count before that, or its chord would wait for a message that is gone.
+QUORUM_DELIVERY_LIMIT = 20
 
 
 def broker_url() -> Optional[str]:
@@ -79,8 +81,12 @@ def shutdown_grace_s() -> int:
 
 def max_attempts() -> int:
     """Runs of a file whose worker process died under it (OOM kill, crash), after which its file
-    gets a failed record instead of another run."""
-    return positive_int_env("FLASHSR_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
+    gets a failed record instead of another run. With quorum queues, under their delivery limit."""
+    attempts = positive_int_env("FLASHSR_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)
+    if attempts >= QUORUM_DELIVERY_LIMIT and quorum_queues():
+        raise ValueError(f"FLASHSR_MAX_ATTEMPTS={attempts} with FLASHSR_QUORUM_QUEUES=1: quorum queues drop a "
+                         f"message after {QUORUM_DELIVERY_LIMIT} deliveries; use at most {QUORUM_DELIVERY_LIMIT - 1}")
+    return attempts
 
 
 def model_dir() -> Optional[str]:

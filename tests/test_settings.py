@@ -62,3 +62,13 @@ def test_a_bad_batch_size_is_one_clear_error_everywhere(monkeypatch):
     for read in (lambda: config.model_batch_size(True), config.files_in_flight):
         with pytest.raises(ValueError, match="FLASHSR_BATCH_SIZE must be a whole number"):
             read()
+
+
+def test_quorum_queues_refuse_attempts_their_delivery_limit_would_cut_short(monkeypatch):
+    monkeypatch.setenv("FLASHSR_MAX_ATTEMPTS", "20")
+    assert config.max_attempts() == 20  # classic queues and Redis count no deliveries of their own
+    monkeypatch.setenv("FLASHSR_QUORUM_QUEUES", "1")
+    with pytest.raises(ValueError, match="FLASHSR_MAX_ATTEMPTS=20 with FLASHSR_QUORUM_QUEUES=1: .* use at most 19"):
+        config.max_attempts()
+    monkeypatch.setenv("FLASHSR_MAX_ATTEMPTS", "19")
+    assert config.max_attempts() == 19

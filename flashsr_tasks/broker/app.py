@@ -80,6 +80,7 @@ def make_app(
     if config.quorum_queues() and broker.split("://", 1)[0].startswith("amqp"):
         # Celery then uses per-consumer prefetch, which quorum queues need (worker_detect_quorum_queues).
         app.conf.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum")
+        config.max_attempts()  # refused at start when the queues' own delivery limit would cut the count short
     if collector:
         _bound_orchestrator_waits(app)
     return app
