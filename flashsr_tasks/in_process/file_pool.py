@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
 from flashsr_tasks.in_process.child_process import start_child
+from flashsr_tasks.in_process.work_feed import WorkFeed
 from flashsr_tasks.manifest.records import Outcome
 from flashsr_tasks.runs.job import Job
 from flashsr_tasks.runs.planning import Todo
@@ -34,6 +35,9 @@ class _Process:
         self.process.start()
         child_end.close()
         self.queued: collections.deque[Todo] = collections.deque()  # sent, not yet answered, in order
+
+    def has_room(self) -> bool:
+        return len(self.queued) <= _AHEAD
 
     def send(self, todo: Todo) -> None:
         self.queued.append(todo)
@@ -56,22 +60,11 @@ class FilePool:
 
     def outcomes(self, work: Iterator[Union[Todo, Outcome]]) -> Iterator[Outcome]:
         """Each outcome as it comes (skips in `work` pass straight through), until `work` is done."""
-        exhausted = False
+        feed = WorkFeed(work, self.again)  # files to run again go first
         while True:
             for worker in self.processes:
-                while len(worker.queued) <= _AHEAD:
-                    if self.again:  # files to run again go first
-                        worker.send(self.again.popleft())
-                        continue
-                    item = None if exhausted else next(work, None)
-                    if item is None:
-                        exhausted = True
-                        break
-                    if isinstance(item, dict):
-                        yield item
-                    else:
-                        worker.send(item)
-            if exhausted and not self.again and not any(w.queued for w in self.processes):
+                yield from feed.fill(worker.send, worker.has_room)
+            if feed.done and not any(w.queued for w in self.processes):
                 return
             yield from self._collect()
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 
 from flashsr_tasks.in_process.child_process import start_child
+from flashsr_tasks.in_process.work_feed import WorkFeed
 from flashsr_tasks.manifest.records import Outcome
 from flashsr_tasks.runs.job import Job
 from flashsr_tasks.runs.planning import Todo
@@ -129,26 +130,18 @@ class ModelProcess:
         if not self.runs_model:
             return
         self.child.conn.send(("run", str(root), job.to_dict()))
-        exhausted = False
+        feed = WorkFeed(work, self.suspects)
         while True:
-            limit = 1 if self.suspected else self.in_flight  # a suspect runs alone: a death is its own
-            while len(self.child.held) < limit:
-                if self.suspects:
-                    self._send(self.suspects.popleft())
-                    continue
-                item = None if exhausted else next(work, None)
-                if item is None:
-                    exhausted = True
-                    break
-                if isinstance(item, dict):
-                    yield item
-                else:
-                    self._send(item)
-            if exhausted and not self.child.held and not self.suspects:
+            yield from feed.fill(self._send, self._has_room)
+            if feed.done and not self.child.held:
                 return
             yield from self._collect()
             if not self.runs_model:
                 return  # a fresh child could not load the model: the caller resamples what is left
+
+    def _has_room(self) -> bool:
+        limit = 1 if self.suspected else self.in_flight  # a suspect runs alone: a death is its own
+        return len(self.child.held) < limit
 
     def leftover(self) -> list[Todo]:
         """Files owed but not run (a fresh child could not load the model)."""
