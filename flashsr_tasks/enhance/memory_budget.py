@@ -13,6 +13,7 @@ started the processes (the Celery worker, the in-process runner); by default 1 a
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -44,6 +45,9 @@ class Budget:
 _processes = 1
 _files = 1
 _floor: Optional[int] = None
+# A limit changed in place (`docker update`) is seen within this many seconds; a move to another group at once.
+_LOOKUP_EVERY_S = 10.0
+_looked_up: Optional[tuple[str, float, Optional[int]]] = None  # (/proc/self/cgroup's text, when, its limit)
 
 
 def share_among(processes: int, files: int) -> None:
@@ -71,8 +75,22 @@ def current_limit() -> Optional[Limit]:
         return None
     if setting is not None:
         return Limit(setting, "FLASHSR_MEMORY_LIMIT")
-    found = cgroup_limit()
+    found = _cgroup_limit_now()
     return Limit(found, "cgroup memory limit") if found is not None else None
+
+
+def _cgroup_limit_now() -> Optional[int]:
+    """`cgroup_limit`, looked up again when this process has changed groups or `_LOOKUP_EVERY_S` has passed:
+    the lookup (mountinfo parsed, a limit file read at each level) cost a resampled 3-s call a sixth of its CPU."""
+    global _looked_up
+    try:
+        membership = PROC_SELF_CGROUP.read_text()
+    except OSError:
+        return None
+    now = time.monotonic()
+    if _looked_up is None or _looked_up[0] != membership or now - _looked_up[1] >= _LOOKUP_EVERY_S:
+        _looked_up = (membership, now, cgroup_limit(membership))
+    return _looked_up[2]
 
 
 def resident_bytes() -> int:
