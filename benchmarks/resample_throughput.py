@@ -20,7 +20,11 @@ gives the best files/s of the repeats (and the median), the ratios of the best, 
 median CPU time per file (user + system, every process), which a busy machine disturbs less.
 Targets: flashsr >= 2x sox and >= 0.8x bare.
 
-    python benchmarks/resample_throughput.py [--files 1000] [--seconds 3] [--repeat 3]
+`--baseline CHECKOUT` adds a fourth method: the same command from another checkout of flashsr (a `git
+worktree` of an older commit), run with this Python and `PYTHONPATH=CHECKOUT`, interleaved with the others,
+and prints flashsr ÷ baseline: whether a change made the command slower, on the same machine in one run.
+
+    python benchmarks/resample_throughput.py [--files 1000] [--seconds 3] [--repeat 3] [--baseline DIR]
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import soundfile as sf
@@ -90,12 +94,12 @@ def timed(run: Callable[[], None]) -> tuple[float, float]:
     return wall, cpu
 
 
-def flashsr(command: list[str], calls: Path, out: Path) -> Callable[[], None]:
+def flashsr(command: list[str], calls: Path, out: Path, env: Optional[dict[str, str]] = None) -> Callable[[], None]:
     shutil.copytree(calls, out)  # before the clock starts: a fresh root, so nothing is skipped
 
     def run() -> None:
         done = subprocess.run([*command, "--input", str(out), "--device", "cpu", "--quiet"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"flashsr-enhance exited with {done.returncode}:\n{done.stderr}")
     return run
@@ -146,6 +150,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each call in seconds (default: 3)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="interleaved repeats; the best and the median are reported (default: 3)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also time the command from this checkout of flashsr (an older commit's worktree)")
     args = parser.parse_args()
     version = sox_version()
     command = flashsr_command()
@@ -154,6 +160,13 @@ def main() -> None:
               file=sys.stderr)
 
     methods = {"flashsr": lambda c, o: flashsr(command, c, o), "sox": sox, "bare": bare}
+    if args.baseline:
+        checkout = args.baseline.resolve()
+        if not (checkout / "orchestrator_hooks" / "flashsr_extension.py").is_file():
+            raise SystemExit(f"--baseline {checkout}: not a checkout of flashsr (no orchestrator_hooks/flashsr_extension.py)")
+        baseline_env = {**os.environ, "PYTHONPATH": str(checkout)}
+        baseline_command = [sys.executable, "-m", "orchestrator_hooks.flashsr_extension"]
+        methods["baseline"] = lambda c, o: flashsr(baseline_command, c, o, baseline_env)
     timings = {name: Timing() for name in methods}
     with tempfile.TemporaryDirectory(prefix="flashsr-bench-") as tmp:
         calls = Path(tmp, "calls")
@@ -163,7 +176,7 @@ def main() -> None:
             for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
                 out = Path(tmp, name)
                 wall, cpu = timed(methods[name](calls, out))
-                written = len(list(out.glob("*_flashsr.wav" if name == "flashsr" else "*.wav")))
+                written = len(list(out.glob("*_flashsr.wav" if name in ("flashsr", "baseline") else "*.wav")))
                 if written != args.files:
                     raise SystemExit(f"{name} wrote {written} of {args.files} outputs")
                 shutil.rmtree(out)
@@ -176,6 +189,7 @@ def main() -> None:
         "flashsr": "`flashsr-enhance --device cpu` (whole command, every core)",
         "sox": f"`sox in.wav -r 48000 out.wav`, `xargs -P {WORKERS}` (SoX {version}, its default rate quality `-h`)",
         "bare": f"soundfile → soxr VHQ → soundfile, {WORKERS} processes (the limit)",
+        "baseline": f"the same command from {args.baseline}",
     }
     print(f"{args.files} calls × {args.seconds:g} s, 8 kHz mono PCM_16 → 48 kHz PCM_16; {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, soxr {soxr.__version__}, libsndfile {sf.__libsndfile_version__}; "
@@ -187,6 +201,11 @@ def main() -> None:
               f"| {statistics.median(timing.cpu_ms):.2f} | {best['flashsr'] / best[name]:.2f} |")
     print(f"\ntargets: flashsr ÷ sox = {best['flashsr'] / best['sox']:.2f} (≥ 2), "
           f"flashsr ÷ bare = {best['flashsr'] / best['bare']:.2f} (≥ 0.8)")
+    if args.baseline:
+        pairs = [a / b for a, b in zip(timings["flashsr"].rates, timings["baseline"].rates)]
+        print(f"flashsr ÷ baseline: {best['flashsr'] / best['baseline']:.3f} (best), "
+              f"{statistics.median(pairs):.3f} (median of the repeats' ratios); CPU per file "
+              f"{statistics.median(timings['flashsr'].cpu_ms) / statistics.median(timings['baseline'].cpu_ms):.3f}")
 
 
 if __name__ == "__main__":
