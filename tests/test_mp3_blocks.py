@@ -17,6 +17,9 @@ import soundfile as sf
 from flashsr_tasks.audio.containers import AudioError
 from flashsr_tasks.audio.reading import read_source
 from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES, REPLACED, SourceBlocks
+from flashsr_tasks.enhance import per_file
+from flashsr_tasks.enhance.enhancers import Resampler
+from flashsr_tasks.runs.job import Job
 
 pytestmark = pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile does not write MP3")
 
@@ -102,3 +105,27 @@ def test_a_file_changed_in_place_between_passes_is_refused(tmp_path):
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
         with pytest.raises(AudioError, match=REPLACED):
             list(blocks.blocks())
+
+
+def test_a_replaced_file_gets_a_failed_record_and_no_output(tmp_path, monkeypatch):
+    """44.1 kHz: the judging pass, then the writing pass opens the path again and finds another file."""
+    _mp3(tmp_path / "in.mp3", 44100, 1, 3 * BLOCK_FRAMES)
+    low = sf.read(str(tmp_path / "in.mp3"), dtype="float32")[0]
+    # band-limited (selected), so that a writing pass follows the judging one
+    spectrum = np.fft.rfft(low)
+    spectrum[len(spectrum) // 6:] = 0
+    sf.write(str(tmp_path / "in.mp3"), np.fft.irfft(spectrum, len(low)).astype(np.float32), 44100, format="MP3")
+    judge = per_file.judge_blocks
+
+    def judge_then_replace(blocks, force=False):
+        judged = judge(blocks, force)
+        _mp3(tmp_path / "new.mp3", 44100, 1, BLOCK_FRAMES)
+        os.replace(tmp_path / "new.mp3", tmp_path / "in.mp3")
+        return judged
+
+    monkeypatch.setattr(per_file, "judge_blocks", judge_then_replace)
+    record = per_file.process_file(tmp_path, "in.mp3", Job(root="", device="cpu"), Resampler)["record"]
+    assert record["status"] == "failed"
+    assert record["error"] == f"in.mp3 {REPLACED}."
+    assert not (tmp_path / "in_flashsr.wav").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

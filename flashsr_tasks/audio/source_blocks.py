@@ -35,11 +35,6 @@ BLOCK_FRAMES = 1 << 16
 REPLACED = "was replaced or changed while it was read; run again"
 
 
-def streams_in_blocks(subtype: str) -> bool:
-    """Whether the per-file path reads a source of this subtype in blocks (enhance.per_file); MP3 not yet."""
-    return subtype not in MPEG_SUBTYPES
-
-
 class SourceBlocks:
     """An open source. `frames` is what the header states until a whole pass has counted the frames; for an
     exact-length format the two can only differ by a cut, which a pass refuses."""
