@@ -18,10 +18,14 @@ on a real gpu worker of the threads pool with 8 files in flight (`-c 8`), its mo
 (SIMULATED: benchmarks/simulated_gpu_app.py, each pass returns its rows), 8 calls of each length at once;
 calls of 1 and 60 minutes by default.
 
+`--format mp3`: the calls written as MP3 (libsndfile's LAME encoder, its default bit rate) instead of WAV, the
+file encoded once per length before the run is timed.
+
 `--quick` (the test suite's): the same ratios at a twentieth of the lengths. The code measured is whatever
 `flashsr-enhance` imports (PYTHONPATH decides which checkout).
 
     python benchmarks/long_files.py [--quick] [--minutes 10 60] [--no-stereo] [--model] [--worker cpu|gpu]
+                                    [--format wav|mp3]
 """
 from __future__ import annotations
 
@@ -42,16 +46,19 @@ import soundfile as sf
 import soxr
 
 CALL_MINUTES = (10, 60, 180, 600)
+CALL_SUFFIX = {"wav": ".wav", "mp3": ".mp3"}
 STEREO_MINUTES = 120
 QUICK_DIVISOR = 20
 SAMPLE_S = 0.02
 
 
 def write_call(path: Path, minutes: float) -> None:
-    """8 kHz mono: a tone under noise, a minute at a time (never the whole file in this process)."""
+    """8 kHz mono: a tone under noise, a minute at a time (never the whole file in this process); PCM_16 in a WAV,
+    or an MP3 for a path ending in .mp3."""
     rng = np.random.default_rng(0)
     frames = int(minutes * 60 * 8000)
-    with sf.SoundFile(str(path), "w", 8000, 1, "PCM_16") as out:
+    container, subtype = ("MP3", "MPEG_LAYER_III") if path.suffix == ".mp3" else ("WAV", "PCM_16")
+    with sf.SoundFile(str(path), "w", 8000, 1, subtype, format=container) as out:
         for start in range(0, frames, 60 * 8000):
             n = min(60 * 8000, frames - start)
             t = np.arange(start, start + n) / 8000
@@ -127,10 +134,10 @@ def measure(folder: Path) -> dict[str, float]:
     return {"peak_mib": peak / 2**20, "wall_s": wall}
 
 
-def one(kind: str, minutes: float) -> dict[str, Any]:
+def one(kind: str, minutes: float, suffix: str = ".wav") -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="flashsr-long-"))
     try:
-        name = folder / ("call.wav" if kind == "call" else "band_limited.wav")
+        name = folder / (f"call{suffix}" if kind == "call" else "band_limited.wav")
         (write_call if kind == "call" else write_band_limited)(name, minutes)
         row: dict[str, Any] = {"kind": kind, "minutes": minutes, **measure(folder)}
         outputs = list(folder.glob("*_flashsr.wav"))
@@ -146,6 +153,7 @@ MODEL_MINUTES = (1, 60)
 
 def model_child(folder: Path) -> None:
     """In a fresh process: the call in `folder` through the model's path with a stand-in network; prints JSON."""
+    name = next(p.name for p in folder.iterdir() if p.stem == "call")
     import json
 
     from flashsr_tasks.enhance.per_file import process_file
@@ -156,7 +164,7 @@ def model_child(folder: Path) -> None:
     model = BatchedEnhancer(lambda rows: rows * np.float32(0.9), batch_size=4, model="stand-in", device="cpu",
                             max_wait_s=0.0)
     started = time.perf_counter()
-    outcome = process_file(check_root(folder), "call.wav", Job(root=str(folder), device="cpu"), lambda: model)
+    outcome = process_file(check_root(folder), name, Job(root=str(folder), device="cpu"), lambda: model)
     wall = time.perf_counter() - started
     model.close()
     if outcome["outcome"] != "enhanced":
@@ -166,12 +174,12 @@ def model_child(folder: Path) -> None:
     print(json.dumps({"peak_mib": peak / 2**20, "wall_s": wall}))
 
 
-def one_model(minutes: float) -> dict[str, Any]:
+def one_model(minutes: float, suffix: str = ".wav") -> dict[str, Any]:
     import json
 
     folder = Path(tempfile.mkdtemp(prefix="flashsr-long-model-"))
     try:
-        write_call(folder / "call.wav", minutes)
+        write_call(folder / f"call{suffix}", minutes)
         done = subprocess.run([sys.executable, __file__, "--model-child", str(folder)], capture_output=True,
                               text=True, check=True)
         return {"kind": "model", "minutes": minutes, **json.loads(done.stdout.strip().splitlines()[-1])}
@@ -182,7 +190,7 @@ def one_model(minutes: float) -> dict[str, Any]:
 GPU_IN_FLIGHT = 8
 
 
-def one_on_worker(queue: str, minutes: float) -> dict[str, Any]:
+def one_on_worker(queue: str, minutes: float, suffix: str = ".wav") -> dict[str, Any]:
     """The call(s) through a real worker on a private redis-server: the worker's process tree's peak."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.services import free_port, kill_tree, start_redis, stop_process, worker_env
@@ -195,7 +203,7 @@ def one_on_worker(queue: str, minutes: float) -> dict[str, Any]:
         stage.mkdir()
         count = GPU_IN_FLIGHT if queue == "gpu" else 1
         for i in range(count):
-            write_call(stage / f"call_{i}.wav", minutes)
+            write_call(stage / f"call_{i}{suffix}", minutes)
         env = worker_env(server.url, FLASHSR_SIMULATE_MS="0", HF_HUB_OFFLINE="1")
         app, cwd = ("simulated_gpu_app", Path(__file__).parent) if queue == "gpu" else ("flashsr_tasks", None)
         extra = ["--pool", "threads"] if queue == "gpu" else []
@@ -236,6 +244,7 @@ def main() -> int:
     parser.add_argument("--model", action="store_true", help="the model's path with a stand-in network, in-process")
     parser.add_argument("--worker", choices=("cpu", "gpu"),
                         help="through a real worker: cpu (resample) or gpu (threads pool, 8 in flight, stand-in model)")
+    parser.add_argument("--format", choices=tuple(CALL_SUFFIX), default="wav", help="the calls' container")
     parser.add_argument("--model-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.model_child:
@@ -244,16 +253,20 @@ def main() -> int:
     divisor = QUICK_DIVISOR if args.quick else 1
     defaults = MODEL_MINUTES if args.model or args.worker == "gpu" else CALL_MINUTES
     calls = [m / divisor for m in (args.minutes or defaults)]
+    suffix = CALL_SUFFIX[args.format]
     if args.worker:
-        rows = [one_on_worker(args.worker, m) for m in calls]
+        rows = [one_on_worker(args.worker, m, suffix) for m in calls]
     else:
-        rows = [one_model(m) if args.model else one("call", m) for m in calls]
+        rows = [one_model(m, suffix) if args.model else one("call", m, suffix) for m in calls]
     if not args.no_stereo and not args.model and not args.worker:
         rows.append(one("band_limited", STEREO_MINUTES / divisor))
     print("| file | minutes | peak RSS, process tree | wall | audio / wall |\n|---|---|---|---|---|")
-    labels = {"call": "8 kHz mono call", "model": "8 kHz mono call, model path (stand-in)",
-              "worker-cpu": "8 kHz mono call, through a cpu worker (-c 1)",
-              "worker-gpu": f"{GPU_IN_FLIGHT} 8 kHz mono calls at once, gpu worker (threads, -c {GPU_IN_FLIGHT}, stand-in)",
+    mp3 = " (MP3)" if args.format == "mp3" else ""
+    call = f"8 kHz mono call{mp3}"
+    labels = {"call": call, "model": f"{call}, model path (stand-in)",
+              "worker-cpu": f"{call}, through a cpu worker (-c 1)",
+              "worker-gpu": f"{GPU_IN_FLIGHT} 8 kHz mono calls{mp3} at once, gpu worker (threads, -c {GPU_IN_FLIGHT}, "
+                            "stand-in)",
               "band_limited": "44.1 kHz stereo, low-passed at 4 kHz"}
     for r in rows:
         label = labels[r["kind"]]

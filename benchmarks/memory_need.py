@@ -1,6 +1,7 @@
 """One file's real peak memory through `process_file` against flashsr_tasks.enhance.memory_need's estimate.
 
-Each case runs in a fresh process: it writes a WAV (a tone and noise), warms up on a one-second file (imports,
+Each case runs in a fresh process: it writes a WAV, or an MP3 for the subtype MPEG_LAYER_III (a tone and noise),
+warms up on a one-second file (imports,
 first calls), resets the kernel's high-water mark (/proc/self/clear_refs) and enhances the file; the peak is
 VmHWM less the resident memory before. `--method model` runs the model's path (`BatchedEnhancer`: resampling,
 windows, batcher, blending) with a stand-in for the network, whose weights and activations belong to the
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CASES = [
     (10, 8000, 1, "PCM_16", "resample", False), (40, 8000, 1, "PCM_16", "resample", False),
+    (10, 8000, 1, "MPEG_LAYER_III", "resample", False), (40, 8000, 1, "MPEG_LAYER_III", "resample", False),
     (10, 16000, 2, "PCM_16", "resample", False), (20, 22050, 1, "PCM_24", "resample", False),
     (10, 8000, 1, "FLOAT", "resample", False), (120, 8000, 1, "PCM_16", "resample", False),
     (10, 44100, 2, "PCM_16", "resample", False), (10, 8000, 6, "FLOAT", "resample", False),
@@ -45,7 +47,8 @@ def _write(path: Path, minutes: float, rate: int, channels: int, subtype: str) -
 
     frames = int(minutes * 60 * rate)
     rng = np.random.default_rng(0)
-    with sf.SoundFile(str(path), "w", rate, channels, subtype) as out:
+    container = "MP3" if subtype.startswith("MPEG") else "WAV"
+    with sf.SoundFile(str(path), "w", rate, channels, subtype, format=container) as out:
         for start in range(0, frames, 60 * rate):
             t = np.arange(start, min(frames, start + 60 * rate)) / rate
             noise = 0.05 * rng.standard_normal(t.size)
@@ -71,10 +74,12 @@ def one(minutes: float, rate: int, channels: int, subtype: str, method: str, kee
     folder = Path(tempfile.mkdtemp(prefix="flashsr-memory-need-"))
     try:
         # In a child: the writing's freed arrays would stay in this process's heap and hide the file's peak
-        done = subprocess.run([sys.executable, __file__, "--write", str(folder / "a.wav"), str(minutes), str(rate),
-                               str(channels), subtype], capture_output=True, text=True, check=True)
+        suffix = ".mp3" if subtype.startswith("MPEG") else ".wav"
+        done = subprocess.run([sys.executable, __file__, "--write", str(folder / f"a{suffix}"), str(minutes),
+                               str(rate), str(channels), subtype], capture_output=True, text=True, check=True)
         frames = int(done.stdout.strip())
-        sf.write(str(folder / "warm.wav"), np.zeros((rate, channels), np.float32), rate, subtype=subtype)
+        sf.write(str(folder / f"warm{suffix}"), np.zeros((rate, channels), np.float32), rate, subtype=subtype,
+                 format="MP3" if suffix == ".mp3" else "WAV")
         enhancer: Any = Resampler
         if method == "model":
             from flashsr_tasks.model.batched_enhancer import BatchedEnhancer
@@ -83,10 +88,10 @@ def one(minutes: float, rate: int, channels: int, subtype: str, method: str, kee
                                     device="cpu", max_wait_s=0.0)
             enhancer = lambda: model  # noqa: E731
         job = Job(root=str(folder), device="cpu")
-        process_file(folder, "warm.wav", job, enhancer)
+        process_file(folder, f"warm{suffix}", job, enhancer)
         before = _resident()
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the resident memory now
-        outcome = process_file(folder, "a.wav", job, enhancer)
+        outcome = process_file(folder, f"a{suffix}", job, enhancer)
         status = Path("/proc/self/status").read_text()
         peak = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024
     finally:

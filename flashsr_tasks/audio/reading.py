@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -73,15 +73,6 @@ def describe(path: Path) -> dict[str, Any]:
         return {}
     return {"input_format": info.format, "input_subtype": info.subtype,
             "input_sample_rate": int(info.samplerate), "channels": int(info.channels)}
-
-
-def header_of(path: Path) -> Optional[tuple[int, int, int, str]]:
-    """(frames, sample rate, channels, subtype) as the header says, without decoding; None when it cannot be opened."""
-    try:
-        info = sf.info(str(path))
-    except Exception:  # read_source says why
-        return None
-    return int(info.frames), int(info.samplerate), int(info.channels), str(info.subtype)
 
 
 def _sentence(text: str) -> str:

@@ -1,23 +1,18 @@
 """How much memory one file needs, from its header, and the one sentence that refuses a file that cannot fit.
 
-The resampler's path streams (enhance.streaming): it holds a few blocks, never the file, so its need is a constant
-of the block size, the channels and the rate, whatever the length. Measured peaks over the process's floor
+Every source streams (enhance.streaming), MP3 included (audio.source_blocks), so a file's need is a constant of
+the block size, the channels and the rate, whatever its length.
+
+The resampler's path holds a few blocks, never the file. Measured peaks over the process's floor
 (`benchmarks/memory_need.py`, docs/workers.md, "Memory"): a few MiB for 8-16 kHz mono and stereo of any length,
 the judge's spectrum (its 256 segments of 4096 float64 samples and their FFT) at 32 kHz and above.
 
-The model's path streams too (model.window_stream): besides the resampler's blocks it holds a few windows of the
-48 kHz input and output (float32, up to three each per channel) and the rows of the batches it has submitted
-(`ahead + 1` batches and the one being filled, at most 3 × `FLASHSR_BATCH_SIZE` rows of a window each, the
-default batch on CUDA counted at its largest, 16), again the same for any length; FLASHSR_KEEP_INPUT_BAND adds its
-streamed crossover (the band edge's segments, the input waiting for the model's output, an FFT block). An MP3 (the
-resampler's path and the model's, decoded whole: audio.source_blocks) holds the whole decoded input and the whole
-48 kHz output (float32):
-
-- resample: input + output, exactly (10 min of 8 kHz mono: 128 MiB; 40 min: 513 MiB; 10 min of 16 kHz stereo:
-  293 MiB); a FLOAT output is written through one more output-sized copy (220 MiB for 10 min of 8 kHz);
-- the model (an MP3): input + about 2.45 × output (the 48 kHz input, the blended output and its weights; 288 MiB for 10 min
-  of 8 kHz mono), + about 2 × output more with FLASHSR_KEEP_INPUT_BAND (490 MiB). The model's weights and its
-  batch's activations are the process's, not the file's: they are in the floor (memory_budget).
+The model's path holds besides the resampler's blocks a few windows of the 48 kHz input and output (model.window_stream;
+float32, up to three each per channel) and the rows of the batches it has submitted (`ahead + 1` batches and the one
+being filled, at most 3 × `FLASHSR_BATCH_SIZE` rows of a window each, the default batch on CUDA counted at its
+largest, 16); FLASHSR_KEEP_INPUT_BAND adds its streamed crossover (the band edge's segments, the input waiting for
+the model's output, an FFT block). The model's weights and its batch's activations are the process's, not the
+file's: they are in the floor (memory_budget).
 
 Each estimate is that arithmetic with a margin: 1.15 × the arrays + 32 MiB.
 """
@@ -27,16 +22,14 @@ from dataclasses import dataclass
 
 from flashsr_tasks import config
 from flashsr_tasks.audio.errors import AudioError
-from flashsr_tasks.audio.resample import OUTPUT_RATE, output_frames
-from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES, streams_in_blocks
+from flashsr_tasks.audio.resample import OUTPUT_RATE
+from flashsr_tasks.audio.source_blocks import BLOCK_FRAMES
 from flashsr_tasks.enhance.memory_budget import Budget
 from flashsr_tasks.model.windows import WINDOW
 
 FLOAT32 = 4
 MARGIN = 1.15
 OVERHEAD = 32 << 20  # a few blocks, the windows in flight, soxr's state
-MODEL_OUTPUT_COPIES = 2.5
-KEEP_BAND_OUTPUT_COPIES = 2.0
 # The streamed path's arrays per block: the decoded block (float32) and its mono mean (float64); the resampled
 # block, its scaled copy and its 16-bit conversion (3 × float32, counted generously). At 32 kHz and above the
 # judge's segments, their windowed copy, their spectrum and its power (256 × 4096 × (8 + 8 + 8) + 256 × 2049 × 8).
@@ -65,17 +58,9 @@ class Header:
 
 
 def need_bytes(header: Header, model: bool, keep_input_band: bool = False) -> int:
-    """The estimated peak memory of enhancing this file, above the process's floor."""
-    if streams_in_blocks(header.subtype):
-        extra = model_windows_bytes(header) + (kept_band_bytes(header) if keep_input_band else 0) if model else 0
-        return streamed_need_bytes(header) + extra
-    input_bytes = header.frames * header.channels * FLOAT32
-    output_bytes = output_frames(header.frames, header.rate) * header.channels * FLOAT32
-    if model:
-        copies = MODEL_OUTPUT_COPIES + (KEEP_BAND_OUTPUT_COPIES if keep_input_band else 0.0)
-    else:
-        copies = 2.0 if header.subtype == "FLOAT" else 1.0  # libsndfile's float write takes one more copy
-    return int(MARGIN * (input_bytes + copies * output_bytes)) + OVERHEAD
+    """The estimated peak memory of enhancing this file, above the process's floor: the same for any length."""
+    extra = model_windows_bytes(header) + (kept_band_bytes(header) if keep_input_band else 0) if model else 0
+    return streamed_need_bytes(header) + extra
 
 
 def streamed_need_bytes(header: Header) -> int:

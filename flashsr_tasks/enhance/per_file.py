@@ -12,19 +12,18 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from flashsr_tasks import config
 from flashsr_tasks.audio.containers import AudioError, output_format_of, output_is_whole
-from flashsr_tasks.audio.reading import Source, describe, header_of, read_source
+from flashsr_tasks.audio.reading import Source, describe, read_source
 from flashsr_tasks.audio.resample import OUTPUT_RATE
-from flashsr_tasks.audio.source_blocks import SourceBlocks, streams_in_blocks
+from flashsr_tasks.audio.source_blocks import SourceBlocks
 from flashsr_tasks.audio.writing import fit_full_scale, output_subtype, peak_of, write_output
 from flashsr_tasks.enhance import memory_budget
 from flashsr_tasks.enhance.band_keeping import KeptBandStream, keep_input_band, kept_band_of
 from flashsr_tasks.enhance.enhancers import Enhancer, fallback_reason, wants_model
 from flashsr_tasks.enhance.memory_need import Header, check_fits, need_bytes
-from flashsr_tasks.enhance.selection import judge
 from flashsr_tasks.enhance.streaming import BlockStream, judge_blocks, write_streamed
 from flashsr_tasks.files.disk_full import RECORD_REASON, is_disk_full
 from flashsr_tasks.files.hashing import sha256_of
@@ -79,51 +78,34 @@ def process_file(
         if not job.overwrite and known_sha256 == input_sha256 and output_is_whole(output_path):
             return {"source": source, "outcome": SKIPPED, "record": None}
         output_format = output_format_of(output_path)
-        opened = _open_in_blocks(source_path, job)
-        if opened is not None:  # the resampler's: block by block, in bounded memory (enhance.streaming)
-            with opened as blocks:
-                _refuse_what_cannot_fit((blocks.announced, blocks.rate, blocks.channels, blocks.subtype), job)
-                reason, band_edge = judge_blocks(blocks, force=job.force)
-                if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
-                    entry = new_entry(source, blocks.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
-                    return {"source": source, "outcome": UNSELECTED, "record": entry}
-                enhancer = enhancer_for()
-                record["method"] = enhancer.method
-                subtype = output_subtype(blocks.subtype, output_format)
-                _make_output_dir(output_path, output_dir)
-                input_: Input = blocks
-                stream = getattr(enhancer, "stream", None)
-                if stream is not None:
-                    written = _enhance_streamed(blocks, enhancer, stream, output_path, subtype)
-                else:  # an enhancer without a block stream (a test's stand-in)
-                    src = read_source(source_path)
-                    written = _enhance_whole(src, enhancer, output_path, subtype)
-        else:  # an MP3: the whole file in memory
-            _refuse_what_cannot_fit(header_of(source_path), job)  # None: read_source says why it cannot be read
-            src = read_source(source_path)
-            reason, band_edge = judge(src.audio, src.rate, force=job.force)
-            if reason is None:
-                entry = new_entry(source, src.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
+        with SourceBlocks(source_path) as blocks:  # block by block, in bounded memory (enhance.streaming)
+            _refuse_what_cannot_fit((blocks.announced, blocks.rate, blocks.channels, blocks.subtype), job)
+            reason, band_edge = judge_blocks(blocks, force=job.force)
+            if reason is None:  # full-band: an entry of its own, so a re-run need not read it again
+                entry = new_entry(source, blocks.rate, band_edge, stat.st_size, stat.st_mtime_ns, utc_now())
                 return {"source": source, "outcome": UNSELECTED, "record": entry}
             enhancer = enhancer_for()
             record["method"] = enhancer.method
-            subtype = output_subtype(src.subtype, output_format)
+            subtype = output_subtype(blocks.subtype, output_format)
             _make_output_dir(output_path, output_dir)
-            input_ = src
-            written = _enhance_whole(src, enhancer, output_path, subtype)
+            stream = getattr(enhancer, "stream", None)
+            if stream is not None:
+                written = _enhance_streamed(blocks, enhancer, stream, output_path, subtype)
+            else:  # an enhancer without a block stream (a test's stand-in)
+                written = _enhance_whole(read_source(source_path), enhancer, output_path, subtype)
         if written.kept_input_band_hz is not None:
             record["kept_input_band_hz"] = written.kept_input_band_hz
         record.update({
             "status": "ok",
             "reason": reason,
             "band_edge_hz": band_edge,
-            "input_format": input_.format,
+            "input_format": blocks.format,
             "output_format": output_format,
-            "input_sample_rate": input_.rate,
+            "input_sample_rate": blocks.rate,
             "output_sample_rate": OUTPUT_RATE,
             "channels": written.channels,
             "duration_s": round(written.frames / OUTPUT_RATE, 6),
-            "input_subtype": input_.subtype,
+            "input_subtype": blocks.subtype,
             "output_subtype": subtype,
             "gain_db": round(20 * math.log10(written.gain), 3),
             "input_sha256": input_sha256,
@@ -151,34 +133,16 @@ def _model_expected(job: Job) -> bool:
     return wants_model(job.device, job.model_dir) and fallback_reason() is None
 
 
-def _open_in_blocks(source_path: Path, job: Job) -> Optional[SourceBlocks]:
-    """The source opened for the streamed path (the resampler's and the model's), or None for the whole-file path
-    of an MP3 (audio.source_blocks). Raises `AudioError` for a source that cannot be opened."""
-    blocks = SourceBlocks(source_path)
-    if streams_in_blocks(blocks.subtype):
-        return blocks
-    blocks.close()
-    return None
-
-
-def _refuse_what_cannot_fit(shape: Optional[tuple[int, int, int, str]], job: Job) -> None:
+def _refuse_what_cannot_fit(shape: tuple[int, int, int, str], job: Job) -> None:
     """Raise `TooLarge` before decoding when the file's estimated need (from its header's `shape`: frames, rate,
     channels, subtype) is above what one file may use here (flashsr_tasks.enhance.memory_budget): the streamed
-    path's, the model's when this process would use the model, or an MP3's, decoded whole."""
+    path's, and the model's on top when this process would use the model."""
     budget = memory_budget.budget()
-    if budget is None or shape is None:
+    if budget is None:
         return
     header = Header(*shape)
     model = _model_expected(job)
     check_fits(header, need_bytes(header, model, model and config.keep_input_band()), budget)
-
-
-class Input(Protocol):
-    """What a record says of the input, whether it was read whole (`Source`) or in blocks (`SourceBlocks`)."""
-
-    rate: int
-    subtype: str
-    format: str
 
 
 @dataclass(frozen=True)
