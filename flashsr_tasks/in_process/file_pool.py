@@ -1,17 +1,18 @@
 """Per-file work in forked processes, where a death takes only its own file.
 
-Each process does one file at a time, in the order its pipe brings them, and sends back each
-outcome; the supervisor (the runner's process) keeps every process `_AHEAD` files ahead so it never
-waits on the pipe, and watches every process's sentinel. When a process dies (the OOM killer, a
-crashing decoder) the supervisor reads what it sent before dying: the first file it had not
-answered is the one it died on. That file runs again in a fresh process, up to
-FLASHSR_MAX_ATTEMPTS runs in all, then gets a failed record that says so (enhance.killed); the files
-queued behind it are sent again without counting. The run goes on.
+Each process does one file at a time, in the order its pipe brings them, and sends back the outcomes a
+few at a time; the supervisor (the runner's process) keeps every process `_AHEAD` files ahead so it
+never waits on the pipe, and watches every process's sentinel. Each process notes in shared memory which
+file it is on. When one dies (the OOM killer, a crashing decoder) the supervisor reads what it sent
+before dying and which file it was on: that file runs again in a fresh process, up to
+FLASHSR_MAX_ATTEMPTS runs in all, then gets a failed record that says so (enhance.killed); the files it
+finished without answering and those queued behind it are sent again without counting. The run goes on.
 """
 from __future__ import annotations
 
 import collections
 import multiprocessing
+import time
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
@@ -22,8 +23,14 @@ from flashsr_tasks.manifest.records import Outcome
 from flashsr_tasks.runs.job import Job
 from flashsr_tasks.runs.planning import Todo
 
-# Files queued at each process beyond the one it is on: the next is in its pipe when it finishes.
-_AHEAD = 2
+# Outcomes a process sends back together while files come fast (short ones): one message, and one wake-up of the
+# supervisor, per this many files rather than per file. An outcome waits at most `_HOLD_S` for company.
+_ANSWER_EVERY = 8
+_HOLD_S = 0.2
+# Files queued at each process beyond the one it is on: more than it answers at a time, so it never waits.
+_AHEAD = 2 * _ANSWER_EVERY
+# `_Process.on`'s value while the process is between files.
+_BETWEEN = -1
 # Seconds a stopping run waits for a process to finish the file it is on before ending it.
 _FINISH_S = 600.0
 
@@ -31,10 +38,15 @@ _FINISH_S = 600.0
 class _Process:
     def __init__(self, context: Any, root: Path, job: Job, stop: Any) -> None:
         self.conn, child_end = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child_end, str(root), job.to_dict(), stop), daemon=True)
+        # The index (among the files sent to it) of the file the process is on; shared memory, so it is known
+        # after a death even though the process answers several files at a time.
+        self.on = context.RawValue("q", _BETWEEN)
+        self.process = context.Process(target=_serve, args=(child_end, str(root), job.to_dict(), stop, self.on),
+                                       daemon=True)
         self.process.start()
         child_end.close()
         self.queued: collections.deque[Todo] = collections.deque()  # sent, not yet answered, in order
+        self.answered = 0  # files answered so far: queued[i] is the file of index answered + i
 
     def has_room(self) -> bool:
         return len(self.queued) <= _AHEAD
@@ -87,11 +99,13 @@ class FilePool:
     def _answers(self, worker: _Process) -> Iterator[Outcome]:
         while worker.queued and worker.conn.poll():
             try:
-                outcome = worker.conn.recv()
+                outcomes = worker.conn.recv()
             except (EOFError, OSError):
                 return
-            worker.queued.popleft()
-            yield outcome
+            for outcome in outcomes:
+                worker.queued.popleft()
+                worker.answered += 1
+                yield outcome
 
     def _died(self, worker: _Process) -> Iterator[Outcome]:
         from flashsr_tasks.enhance.killed import how_it_died, killed_outcome, remove_leftovers
@@ -99,9 +113,14 @@ class FilePool:
         worker.process.join()
         worker.conn.close()
         self.processes[self.processes.index(worker)] = _Process(self.context, self.root, self.job, self.stop)
-        if not worker.queued:
+        index = worker.on.value - worker.answered  # in `queued`; outside it, the death was between files
+        if not 0 <= index < len(worker.queued):
+            self.again.extend(worker.queued)  # finished but unanswered, or never started: sent again, not counted
             return
-        on = worker.queued.popleft()
+        queued = list(worker.queued)
+        on = queued[index]
+        self.again.extend(queued[:index])  # finished, their outcomes unsent: run again (the same output), not counted
+        worker.queued = collections.deque(queued[index + 1:])
         remove_leftovers(self.root, on.source, self.job.output_dir)
         deaths = self.deaths.get(on.source, 0) + 1
         if deaths >= self.max_attempts:
@@ -141,20 +160,36 @@ class FilePool:
                 salvage(finished)
 
 
-def _serve(conn: Connection, root: str, job_data: dict[str, Any], stop: Any) -> None:
-    """A pool process: files from the pipe, one at a time, each outcome sent back; ends when the
-    pipe closes or the run stops."""
+def _serve(conn: Connection, root: str, job_data: dict[str, Any], stop: Any, on: Any) -> None:
+    """A pool process: files from the pipe, one at a time, their outcomes sent back a few at a time (at once when
+    no file is waiting); ends when the pipe closes or the run stops."""
     from flashsr_tasks.enhance.enhancers import Resampler
     from flashsr_tasks.enhance.per_file import process_file
 
     start_child()
     job = Job.from_dict(job_data)
-    while not stop.is_set():
-        try:
-            source, known_sha256 = conn.recv()
-        except (EOFError, OSError):
-            return
-        if stop.is_set():
-            return  # the run is stopping: what is queued is left for the next run
-        conn.send(process_file(Path(root), source, job, Resampler, known_sha256))
+    done: list[Outcome] = []
+    held_since = 0.0
+    index = 0
+    try:
+        while not stop.is_set():
+            if done and (len(done) >= _ANSWER_EVERY or time.monotonic() - held_since >= _HOLD_S or not conn.poll()):
+                conn.send(done)
+                done = []
+            try:
+                source, known_sha256 = conn.recv()
+            except (EOFError, OSError):
+                return
+            if stop.is_set():
+                return  # the run is stopping: what is queued is left for the next run
+            on.value = index
+            outcome = process_file(Path(root), source, job, Resampler, known_sha256)
+            on.value = _BETWEEN
+            index += 1
+            if not done:
+                held_since = time.monotonic()
+            done.append(outcome)
+    finally:
+        if done:
+            conn.send(done)
 
