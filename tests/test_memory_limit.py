@@ -130,13 +130,32 @@ def test_no_memory_cgroup_no_limit():
 
 
 def test_the_setting_overrides_the_cgroup_and_off_disables(monkeypatch):
-    monkeypatch.setattr(memory_budget, "cgroup_limit", lambda: 400 * MIB)
+    monkeypatch.setattr(memory_budget, "cgroup_limit", lambda *_: 400 * MIB)
+    monkeypatch.setattr(memory_budget, "_looked_up", None)  # what an earlier test's lookup left
     assert memory_budget.current_limit() == memory_budget.Limit(400 * MIB, "cgroup memory limit")
     monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "8G")
     assert memory_budget.current_limit() == memory_budget.Limit(8 << 30, "FLASHSR_MEMORY_LIMIT")
     monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "off")
     assert memory_budget.current_limit() is None
     assert memory_budget.budget() is None
+
+
+def test_the_cgroup_limit_is_looked_up_again_after_a_move_or_a_while(monkeypatch, tmp_path):
+    lookups = []
+    monkeypatch.setattr(memory_budget, "cgroup_limit", lambda membership: lookups.append(membership) or 400 * MIB)
+    monkeypatch.setattr(memory_budget, "_looked_up", None)
+    membership = tmp_path / "cgroup"
+    membership.write_text("4:memory:/a\n")
+    monkeypatch.setattr(memory_budget, "PROC_SELF_CGROUP", membership)
+    for _ in range(3):
+        assert memory_budget.current_limit().bytes == 400 * MIB
+    assert len(lookups) == 1  # once per file would cost a short file a sixth of its CPU
+    membership.write_text("4:memory:/b\n")  # moved to another group: at once
+    memory_budget.current_limit()
+    assert lookups == ["4:memory:/a\n", "4:memory:/b\n"]
+    monkeypatch.setattr(memory_budget, "_LOOKUP_EVERY_S", 0.0)  # a limit changed in place: after a while
+    memory_budget.current_limit()
+    assert len(lookups) == 3
 
 
 def test_the_budget_is_shared_by_processes_and_files(monkeypatch):
