@@ -18,7 +18,7 @@ import soundfile as sf
 from flashsr_tasks import config
 from flashsr_tasks.enhance import memory_budget
 from flashsr_tasks.enhance.enhancers import Resampler
-from flashsr_tasks.enhance.memory_need import Header, need_bytes
+from flashsr_tasks.enhance.memory_need import Header, TooLarge, check_fits, need_bytes
 from flashsr_tasks.enhance.per_file import process_file
 from flashsr_tasks.runs.job import Job
 
@@ -158,6 +158,20 @@ def test_the_cgroup_limit_is_looked_up_again_after_a_move_or_a_while(monkeypatch
     assert len(lookups) == 3
 
 
+def test_the_refusal_advises_what_would_help_never_a_shorter_file():
+    limit = memory_budget.Limit(400 * MIB, "cgroup memory limit")
+    mono_hour = Header(frames=8000 * 3600, rate=8000, channels=1)
+    wide = Header(frames=8000 * 3, rate=8000, channels=64)
+    advice = {}
+    for name, header, files in (("alone", mono_hour, 1), ("shared", mono_hour, 8), ("wide", wide, 1)):
+        with pytest.raises(TooLarge) as refused:
+            check_fits(header, 300 * MIB, memory_budget.Budget(100 * MIB, limit, files, files, 40 * MIB))
+        advice[name] = str(refused.value).split("; ")[-1]
+    assert advice == {"alone": "give the worker more memory", "shared": "give the worker more memory or fewer files "
+                      "in flight", "wide": "give the worker more memory or split the file's channels into files of "
+                      "their own"}
+
+
 def test_the_budget_is_shared_by_processes_and_files(monkeypatch):
     monkeypatch.setenv("FLASHSR_MEMORY_LIMIT", "4G")
     monkeypatch.setattr(memory_budget, "_floor", 100 * MIB)
@@ -239,7 +253,7 @@ def test_a_file_that_cannot_fit_is_refused_in_one_sentence(tmp_path, monkeypatch
     assert record["status"] == "failed"
     assert record["error"].startswith("wide.wav needs about 129 MiB")
     assert "(2 s of 8 kHz 16 channels) but the worker has" in record["error"]
-    assert re.search(r"\(FLASHSR_MEMORY_LIMIT [\d.]+ [MG]iB\); give the worker more memory or split the file\.$",
+    assert re.search(r"\(FLASHSR_MEMORY_LIMIT [\d.]+ [MG]iB\); give the worker more memory or split the file's channels into files of their own\.$",
                      record["error"])
     assert record["error"].count(". ") == 0 and "\n" not in record["error"]
     assert record["input_sample_rate"] == 8000 and record["channels"] == 16 and record["input_sha256"]
@@ -312,7 +326,7 @@ def test_a_run_inside_a_memory_cgroup_streams_long_files_refuses_a_wide_one_and_
         "short_2.wav": "ok"}
     error = records["wide.wav"]["error"]
     assert error.startswith("wide.wav needs about 4") and "(3 s of 8 kHz 64 channels)" in error, error
-    assert "(cgroup memory limit 400 MiB); give the worker more memory or split the file." in error, error
+    assert "(cgroup memory limit 400 MiB); give the worker more memory or split the file's channels into files of their own." in error, error
     assert sf.info(str(root / "call_flashsr.wav")).frames == 75 * 60 * 48000
     assert abs(sf.info(str(root / "long_flashsr.wav")).frames - 75 * 60 * 48000) < 48000  # the encoder's padding
     assert not (root / "wide_flashsr.wav").exists()

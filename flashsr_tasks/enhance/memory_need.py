@@ -95,8 +95,14 @@ def check_fits(header: Header, need: int, budget: Budget) -> None:
     where = f"{budget.limit.source} {_size(budget.limit.bytes)}"
     if budget.files > 1:
         where += f" shared by {_count(budget.files, 'file')} in flight"
+    # The need grows with the channels, not the length: splitting a file in time would not help.
+    hint = "give the worker more memory"
+    if budget.files > 1:
+        hint += " or fewer files in flight"
+    elif header.channels > 2:
+        hint += " or split the file's channels into files of their own"
     raise TooLarge(f"needs about {_size(need)} of memory to process ({_duration(header)}) but the worker has "
-                   f"{_size(budget.per_file)} for it ({where}); give the worker more memory or split the file")
+                   f"{_size(budget.per_file)} for it ({where}); {hint}")
 
 
 def _duration(header: Header) -> str:
