@@ -69,6 +69,7 @@ class FilePool:
         self.processes = [_Process(self.context, root, job, self.stop) for _ in range(processes)]
         self.again: collections.deque[Todo] = collections.deque()  # files to send before new ones
         self.deaths: dict[str, int] = {}  # source → deaths so far
+        self.received: collections.deque[Outcome] = collections.deque()  # answered, not yet yielded
 
     def outcomes(self, work: Iterator[Union[Todo, Outcome]]) -> Iterator[Outcome]:
         """Each outcome as it comes (skips in `work` pass straight through), until `work` is done."""
@@ -102,10 +103,13 @@ class FilePool:
                 outcomes = worker.conn.recv()
             except (EOFError, OSError):
                 return
-            for outcome in outcomes:
+            for _ in outcomes:
                 worker.queued.popleft()
-                worker.answered += 1
-                yield outcome
+            worker.answered += len(outcomes)
+            # Held here until yielded: a run that stops part way through a batch (a full disk) salvages the rest.
+            self.received.extend(outcomes)
+            while self.received:
+                yield self.received.popleft()
 
     def _died(self, worker: _Process) -> Iterator[Outcome]:
         from flashsr_tasks.enhance.killed import how_it_died, killed_outcome, remove_leftovers
@@ -135,7 +139,8 @@ class FilePool:
         """Stop: each process finishes the file it is on (none is cut mid-write) and exits; what they
         finish goes to `salvage`. A second Ctrl-C while waiting cuts it short."""
         self.stop.set()
-        finished: list[Outcome] = []
+        finished: list[Outcome] = list(self.received)
+        self.received.clear()
         try:
             for worker in self.processes:
                 if not worker.queued:
