@@ -14,7 +14,7 @@ from flashsr_tasks.audio.crossover import CrossoverStream, join_bands
 from flashsr_tasks.audio.resample import OUTPUT_RATE, OutputRateStream, to_output_rate
 from flashsr_tasks.audio.source_blocks import SourceBlocks
 from flashsr_tasks.enhance.segment_gathering import SegmentGatherer
-from flashsr_tasks.enhance.selection import _edge_of, _levels_db, band_edge_hz
+from flashsr_tasks.enhance.selection import band_edge_hz, band_edge_of_segments
 from flashsr_tasks.enhance.streaming import BlockStream
 
 CROSSOVER_HZ = 500
@@ -56,7 +56,7 @@ def kept_band_of(source: SourceBlocks) -> tuple[int, int]:
             gatherer.add(piece)
         if source.frames == frames:
             break
-    measured = _edge_of(_levels_db(gatherer.segments, OUTPUT_RATE), OUTPUT_RATE)
+    measured = band_edge_of_segments(gatherer.segments, OUTPUT_RATE)
     edge = int(measured) if measured is not None else int(_NO_CLIFF_FRACTION * min(source.rate, OUTPUT_RATE) / 2)
     return max(edge - CROSSOVER_HZ, 0), edge
 

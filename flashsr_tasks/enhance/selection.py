@@ -37,7 +37,7 @@ def judge_segments(segments: Optional[np.ndarray], rate: int, force: bool = Fals
     the rate alone decides."""
     if rate < MIN_FULL_BAND_RATE or segments is None:
         return Judgement(f"sample_rate<{MIN_FULL_BAND_RATE}", None)
-    edge = _edge_of(_levels_db(segments, rate), rate)
+    edge = band_edge_of_segments(segments, rate)
     if edge is not None and edge < CLIFF_BELOW_HZ:
         return Judgement(f"band_limited<{edge}Hz", edge)
     return Judgement("forced" if force else None, edge)
@@ -55,7 +55,11 @@ def band_edge_hz(audio: np.ndarray, rate: int) -> Optional[int]:
     spectrum stops dead at 3.4-8 kHz, tens of dB down in one step. Full-band recordings roll
     off gradually, so no single edge has everything above it far below everything under it.
     """
-    return _edge_of(_levels_db(_segments_of(audio), rate), rate)
+    return band_edge_of_segments(_segments_of(audio), rate)
+
+def band_edge_of_segments(segments: np.ndarray, rate: int) -> Optional[int]:
+    """`band_edge_hz` from the mono segments at `segment_starts`, gathered by whoever reads the audio."""
+    return _edge_of(_levels_db(segments, rate), rate)
 
 def segment_starts(frames: int) -> np.ndarray:
     """Where the long-term spectrum's segments start in a mono signal of `frames` samples (zero-padded
