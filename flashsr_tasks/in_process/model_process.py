@@ -84,9 +84,9 @@ class ModelProcess:
         self.max_attempts = max_attempts
         self.in_flight = max(1, in_flight)
         self.context = multiprocessing.get_context(_start_method())
-        self.deaths: dict[str, int] = {}  # source → deaths so far
+        # source → deaths so far, for files not yet answered: the suspects, queued or held
+        self.deaths: dict[str, int] = {}
         self.suspects: collections.deque[Todo] = collections.deque()  # held at a death: to run one at a time
-        self.suspected: set[str] = set()  # suspects not yet answered (queued or held)
         self.root: Optional[Path] = None
         self.job: Optional[Job] = None
         self.method = "resample"
@@ -95,19 +95,17 @@ class ModelProcess:
 
     def _start(self) -> _Child:
         """A fresh child, its model loaded; raises `ModelRequired` in strict model mode when it cannot load."""
+        from flashsr_tasks.config import require_model
         from flashsr_tasks.enhance.enhancers import ModelRequired
+        from flashsr_tasks.enhance.killed import how_it_died
 
         child = _Child(self.context, self.factory, self.in_flight)
         message = child.first_message()
         if message is None:
-            from flashsr_tasks.enhance.killed import how_it_died
-
             child.process.join()
             child.conn.close()
             how = how_it_died(child.process.exitcode)
             self.method, self.fallback_reason = "resample", f"the model's process died while loading it ({how})"
-            from flashsr_tasks.config import require_model
-
             if require_model():
                 raise ModelRequired(f"FLASHSR_REQUIRE_MODEL=1 and the FlashSR model cannot run: {self.fallback_reason}")
             return child
@@ -140,7 +138,7 @@ class ModelProcess:
                 return  # a fresh child could not load the model: the caller resamples what is left
 
     def _has_room(self) -> bool:
-        limit = 1 if self.suspected else self.in_flight  # a suspect runs alone: a death is its own
+        limit = 1 if self.deaths else self.in_flight  # a suspect runs alone: a death is its own
         return len(self.child.held) < limit
 
     def leftover(self) -> list[Todo]:
@@ -170,7 +168,6 @@ class ModelProcess:
             except (EOFError, OSError):
                 return
             child.held.pop(outcome["source"], None)
-            self.suspected.discard(outcome["source"])
             self.deaths.pop(outcome["source"], None)
             yield outcome
 
@@ -186,12 +183,10 @@ class ModelProcess:
             deaths = self.deaths.get(todo.source, 0) + 1
             if deaths >= self.max_attempts:
                 self.deaths.pop(todo.source, None)
-                self.suspected.discard(todo.source)
                 yield killed_outcome(self.root, todo.source, deaths, how, "its process")
             else:
                 self.deaths[todo.source] = deaths
                 self.suspects.append(todo)
-                self.suspected.add(todo.source)
         child.held.clear()
         self.child = self._start()
 
@@ -267,14 +262,10 @@ def _serve(conn: Connection, factory: Callable[[], Enhancer], in_flight: int) ->
                 continue
             assert root is not None and job is not None
             _, source, known_sha256 = message
-            pool.submit(process_file, root, source, job, partial(_same, enhancer), known_sha256).add_done_callback(send)
+            pool.submit(process_file, root, source, job, lambda: enhancer, known_sha256).add_done_callback(send)
     close = getattr(enhancer, "close", None)
     if close is not None:
         close()
-
-
-def _same(enhancer: Enhancer) -> Enhancer:
-    return enhancer
 
 
 # A model process started before the run (strict model mode: a model that cannot load stops the run before it
