@@ -51,22 +51,23 @@ class OutputRateStream:
         self._frames = frames
         self._channels = channels
         self._emitted = 0
-        self._started = False  # whether a block has come
+        self._whole = False  # whether the whole source came as the first block (then resampled in one call)
         self._stream: Optional[soxr.ResampleStream] = None  # made at the first block, unless it is the whole source
 
     def process(self, block: np.ndarray) -> Iterator[np.ndarray]:
         """The output that float32 `[frames, channels]` `block` completes (often not all of it yet)."""
-        first, self._started = not self._started, True
-        if self._rate == OUTPUT_RATE or (self._stream is None and not first):
-            # 48 kHz passes through; after a one-shot, a block that a header undercounted is cut to nothing
+        if self._rate == OUTPUT_RATE:
             yield self._cut(np.ascontiguousarray(block, dtype=np.float32))
             return
-        if first and block.shape[0] == self._frames:
-            # The whole source in one block (a short file): soxr's one-shot call gives the same samples, for less
-            # CPU than a stream (whose pieces cost 12 % more on 3-s calls) and one filter design, not two.
-            yield self._cut(to_output_rate(block, self._rate))
-            return
+        if self._whole:
+            return  # a block past the whole source (a header that undercounted): its pass is redone, counted
         if self._stream is None:
+            if block.shape[0] == self._frames:
+                # The whole source in one block (a short file): soxr's one-shot call gives the same samples, for
+                # less CPU than a stream (whose pieces cost 12 % more on 3-s calls) and one filter design, not two.
+                self._whole = True
+                yield self._cut(to_output_rate(block, self._rate))
+                return
             self._stream = soxr.ResampleStream(self._rate, OUTPUT_RATE, self._channels, dtype="float32", quality="VHQ")
         for start in range(0, block.shape[0], _STREAM_CHUNK):
             yield self._cut(self._stream.resample_chunk(block[start:start + _STREAM_CHUNK]))
