@@ -24,7 +24,9 @@ from flashsr_tasks.runs.job import Job
 from flashsr_tasks.runs.planning import Todo
 
 # Outcomes a process sends back together while files come fast (short ones): one message, and one wake-up of the
-# supervisor, per this many files rather than per file. An outcome waits at most `_HOLD_S` for company.
+# supervisor, per this many files rather than per file. Before each file the process sends what it holds when
+# nothing else waits in its pipe, or when it holds this many, or when the oldest has waited `_HOLD_S`; so an
+# outcome held when a long file starts goes back once that file ends.
 _ANSWER_EVERY = 8
 _HOLD_S = 0.2
 # Files queued at each process beyond the one it is on: more than it answers at a time, so it never waits.
@@ -117,14 +119,13 @@ class FilePool:
         worker.process.join()
         worker.conn.close()
         self.processes[self.processes.index(worker)] = _Process(self.context, self.root, self.job, self.stop)
-        index = worker.on.value - worker.answered  # in `queued`; outside it, the death was between files
-        if not 0 <= index < len(worker.queued):
-            self.again.extend(worker.queued)  # finished but unanswered, or never started: sent again, not counted
-            return
         queued = list(worker.queued)
+        index = worker.on.value - worker.answered  # in `queued`; outside it, the death was between files
+        if not 0 <= index < len(queued):
+            self.again.extend(queued)  # finished but unanswered, or never started: sent again, not counted
+            return
         on = queued[index]
         self.again.extend(queued[:index])  # finished, their outcomes unsent: run again (the same output), not counted
-        worker.queued = collections.deque(queued[index + 1:])
         remove_leftovers(self.root, on.source, self.job.output_dir)
         deaths = self.deaths.get(on.source, 0) + 1
         if deaths >= self.max_attempts:
@@ -133,7 +134,7 @@ class FilePool:
         else:
             self.deaths[on.source] = deaths
             self.again.append(on)
-        self.again.extend(worker.queued)  # never started: sent again, not counted
+        self.again.extend(queued[index + 1:])  # never started: sent again, not counted
 
     def close(self, salvage: Optional[Callable[[list[Outcome]], None]] = None) -> None:
         """Stop: each process finishes the file it is on (none is cut mid-write) and exits; what they
