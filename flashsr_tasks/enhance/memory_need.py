@@ -93,11 +93,10 @@ def check_fits(header: Header, need: int, budget: Budget) -> None:
     if need <= budget.per_file:
         return
     where = f"{budget.limit.source} {_size(budget.limit.bytes)}"
-    if budget.files > 1:
-        where += f" shared by {_count(budget.files, 'file')} in flight"
     # The need grows with the channels, not the length: splitting a file in time would not help.
     hint = "give the worker more memory"
     if budget.files > 1:
+        where += f" shared by {_count(budget.files, 'file')} in flight"
         hint += " or fewer files in flight"
     elif header.channels > 2:
         hint += " or split the file's channels into files of their own"
