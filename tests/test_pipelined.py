@@ -25,6 +25,9 @@ from flashsr_tasks.runs.job import Job
 from flashsr_tasks.runs.planning import Todo
 from tests.signals import speech_like, write
 
+# The supervisor waits on its child without a timeout of its own: a regression that leaves it waiting fails here.
+pytestmark = pytest.mark.timeout(120)
+
 
 class Model:
     """Scales each row by a function of the row alone (so batching cannot change a row's output); notes each
